@@ -1,0 +1,170 @@
+"""The run configuration: defaults for every key, and the one place a `ConfigDict` from
+`configs/*.py` becomes the frozen dataclasses the library takes.
+
+Keys use the run vocabulary shared by every config and log (STYLE.md): num_train_steps,
+batch_size, learning_rate, warmup_steps, log_every, eval_every, checkpoint_every, seed,
+dataset, mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+
+import ml_collections
+
+from flaxlm import optim
+from flaxlm.data.pipeline import DataConfig
+from flaxlm.data.tokenizers import TokenizerConfig
+from flaxlm.models import registry
+from flaxlm.objectives import LossConfig
+from flaxlm.training import StepConfig
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every key a run understands, with its default. Config files start from this."""
+  c = ml_collections.ConfigDict()
+  c.model_family = "gpt"
+  c.model = ml_collections.ConfigDict(dataclasses.asdict(registry.family_of("gpt").presets["tiny"]))
+  c.objective = ""  # '' = the family's default pretraining objective
+
+  # Data: see flaxlm/data/sources.py for the dataset strings.
+  c.dataset = "builtin:python-docs"
+  c.data_dir = ""  # TFDS cache; '' = ~/.cache/flaxlm/tfds
+  c.text_feature = "text"
+  c.seq_len = 128
+  c.window_stride = 0  # 0 = seq_len: packed windows; 1 = every offset (nanoGPT sampling)
+  c.val_fraction = 0.1
+  c.tokenizer = ml_collections.ConfigDict(dataclasses.asdict(TokenizerConfig()))
+  c.pad_vocab_to = 128  # model vocab rounded up for fast, evenly sharded embeddings
+
+  # Optimization.
+  c.num_train_steps = 1000
+  c.batch_size = 32  # global, in sequences: batch_size * seq_len tokens per step
+  c.accum_steps = 1  # microbatches per step (batch_size / accum_steps sequences each)
+  c.learning_rate = 1e-3
+  c.schedule = "cosine"
+  c.warmup_steps = 100
+  c.min_learning_rate = 1e-4
+  c.weight_decay = 0.1
+  c.decay_embeddings = False
+  c.b1 = 0.9
+  c.b2 = 0.95
+  c.grad_clip_norm = 1.0
+  c.label_smoothing = 0.0
+  c.z_loss = 0.0
+  c.seed = 0
+
+  # Reporting and checkpoints.
+  c.log_every = 50
+  c.eval_every = 250
+  c.eval_batches = 8
+  c.eval_batch_size = 32
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+  c.peak_flops = 0.0  # per-device peak FLOP/s for MFU where the device is not in the table
+  c.sample_tokens = 200  # tokens sampled after training (0: none)
+  c.sample_prompt = ""
+
+  # Sharding: mesh axis sizes (-1 takes the remaining devices) and logical-axis rules
+  # ([] = flaxlm.sharding.DEFAULT_RULES).
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  c.logical_axis_rules = []
+  return c
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Everything `trainer.train` needs, typed and validated."""
+
+  model_family: str
+  model: object  # the family's frozen config (vocab_size may be 0: set from the tokenizer)
+  objective: str
+  data: DataConfig
+  tokenizer: TokenizerConfig
+  optim: optim.OptimConfig
+  step: StepConfig
+  pad_vocab_to: int
+  num_train_steps: int
+  batch_size: int
+  seed: int
+  log_every: int
+  eval_every: int
+  eval_batches: int
+  eval_batch_size: int
+  checkpoint_every: int
+  keep_checkpoints: int
+  peak_flops: float
+  sample_tokens: int
+  sample_prompt: str
+  mesh: dict
+  logical_axis_rules: tuple
+
+
+def from_config_dict(c: ml_collections.ConfigDict) -> RunConfig:
+  check_keys(c)
+  family = registry.family_of(c.model_family)
+  model = registry.model_config(c.model_family, c.model.to_dict())
+  return RunConfig(
+    model_family=c.model_family,
+    model=model,
+    objective=c.objective or family.objective,
+    data=DataConfig(
+      dataset=c.dataset, data_dir=c.data_dir, text_feature=c.text_feature, seq_len=c.seq_len,
+      window_stride=c.window_stride, val_fraction=c.val_fraction, seed=c.seed,
+    ),
+    tokenizer=TokenizerConfig(**c.tokenizer.to_dict()),
+    optim=optim.OptimConfig(
+      learning_rate=c.learning_rate, schedule=c.schedule, warmup_steps=c.warmup_steps,
+      decay_steps=c.num_train_steps, min_learning_rate=c.min_learning_rate, b1=c.b1, b2=c.b2,
+      weight_decay=c.weight_decay, decay_embeddings=c.decay_embeddings,
+      grad_clip_norm=c.grad_clip_norm,
+    ),
+    step=StepConfig(
+      accum_steps=c.accum_steps, loss=LossConfig(label_smoothing=c.label_smoothing, z_loss=c.z_loss)
+    ),
+    pad_vocab_to=c.pad_vocab_to,
+    num_train_steps=c.num_train_steps,
+    batch_size=c.batch_size,
+    seed=c.seed,
+    log_every=c.log_every,
+    eval_every=c.eval_every,
+    eval_batches=c.eval_batches,
+    eval_batch_size=c.eval_batch_size,
+    checkpoint_every=c.checkpoint_every,
+    keep_checkpoints=c.keep_checkpoints,
+    peak_flops=c.peak_flops,
+    sample_tokens=c.sample_tokens,
+    sample_prompt=c.sample_prompt,
+    mesh=c.mesh.to_dict(),
+    logical_axis_rules=tuple(tuple(r) for r in c.logical_axis_rules),
+  )
+
+
+def check_keys(c: ml_collections.ConfigDict, reference: ml_collections.ConfigDict | None = None,
+               prefix: str = "") -> None:
+  """Fails on a key that the defaults do not have, naming the closest valid keys."""
+  reference = default_config() if reference is None else reference
+  for key in c.keys():
+    if key == "model":  # model fields are checked against the family's config class
+      continue
+    if key not in reference:
+      close = difflib.get_close_matches(key, list(reference.keys()), n=3)
+      hint = f"; did you mean {', '.join(prefix + k for k in close)}?" if close else ""
+      raise KeyError(f"unknown config key {prefix + key!r}{hint}")
+    if isinstance(c[key], ml_collections.ConfigDict) and key not in ("mesh",):
+      check_keys(c[key], reference[key], prefix + key + ".")
+
+
+def suggest_key(bad: str, c: ml_collections.ConfigDict) -> list[str]:
+  """Dotted keys of `c` close to `bad` (for command-line override errors)."""
+  flat = []
+
+  def walk(d, prefix):
+    for k in d.keys():
+      flat.append(prefix + k)
+      if isinstance(d[k], ml_collections.ConfigDict):
+        walk(d[k], prefix + k + ".")
+
+  walk(c, "")
+  return difflib.get_close_matches(bad, flat, n=3, cutoff=0.5)

@@ -1,0 +1,175 @@
+"""From a `config.dataset` string to sharded batches, via tokenize -> cache -> window -> Grain.
+
+Tokens of the whole source are concatenated (documents separated by EOS when the tokenizer
+has one) and cached in `<workdir>/data/` as .npy (no pickle). Training examples are windows
+of seq_len + 1 tokens; `window_stride = seq_len` packs the stream without overlap, `1`
+samples every offset (nanoGPT's random crops). The Grain pipeline is a `MapDataset`, so the
+batch for step s is a pure function of (seed, s): the iterator state saved in checkpoints is
+one integer and resume is exact, on any number of hosts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import grain
+import jax
+import numpy as np
+
+from flaxlm.data import sources, tokenizers
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  dataset: str = sources.DEFAULT_DATASET
+  data_dir: str = ""  # TFDS cache; '' = ~/.cache/flaxlm/tfds
+  text_feature: str = "text"
+  seq_len: int = 128
+  window_stride: int = 0  # 0 = seq_len (packed, no overlap)
+  val_fraction: float = 0.1  # tail of the token stream held out when the source has no split
+  seed: int = 0
+
+
+@dataclasses.dataclass
+class TokenizedCorpus:
+  tokenizer: object
+  train: np.ndarray  # int32 (num_tokens,)
+  validation: np.ndarray
+
+
+def tfds_dir(config: DataConfig) -> str:
+  return config.data_dir or os.path.expanduser("~/.cache/flaxlm/tfds")
+
+
+def _encode_stream(tokenizer, documents: list[str]) -> np.ndarray:
+  ids: list[int] = []
+  for doc in documents:
+    ids.extend(tokenizer.encode(doc))
+    if tokenizer.eos_id is not None:
+      ids.append(tokenizer.eos_id)
+  return np.asarray(ids, dtype=np.int32)
+
+
+def load_corpus(
+  config: DataConfig, tok_config: tokenizers.TokenizerConfig, cache_dir: str, tokenizer=None
+) -> TokenizedCorpus:
+  """Tokenized train/validation streams, built once and cached under `cache_dir`.
+
+  `tokenizer` (e.g. restored from a checkpoint) wins over training a new one; a cache made
+  from another dataset or tokenizer is rebuilt rather than silently reused.
+  """
+  os.makedirs(cache_dir, exist_ok=True)
+  stamp = {"dataset": config.dataset, "val_fraction": config.val_fraction,
+           "tokenizer": dataclasses.asdict(tok_config)}
+  stamp_path = os.path.join(cache_dir, "corpus.json")
+  tok_path = os.path.join(cache_dir, "tokenizer.json")
+  paths = {s: os.path.join(cache_dir, f"{s}.npy") for s in ("train", "validation")}
+  cached = os.path.exists(stamp_path) and all(os.path.exists(p) for p in paths.values())
+  if cached and _read_json(stamp_path) == stamp and os.path.exists(tok_path):
+    saved = tokenizers.tokenizer_from_json(_read_json(tok_path))
+    if tokenizer is None or tokenizer.to_json() == saved.to_json():
+      arrays = {s: np.load(p, allow_pickle=False) for s, p in paths.items()}
+      return TokenizedCorpus(saved, arrays["train"], arrays["validation"])
+
+  source = sources.open_source(config.dataset, tfds_dir(config), config.text_feature)
+  train_docs = source.documents("train")
+  val_docs = source.documents("validation") if "validation" in source.splits else None
+  if tokenizer is None:
+    tokenizer = tokenizers.train_tokenizer(tok_config, train_docs + (val_docs or [])
+                                           if tok_config.kind == "char" else train_docs)
+  train = _encode_stream(tokenizer, train_docs)
+  if val_docs is not None:
+    validation = _encode_stream(tokenizer, val_docs)
+  else:  # hold out the tail, as nanoGPT does (first 90% train, last 10% validation)
+    cut = int(len(train) * (1.0 - config.val_fraction))
+    train, validation = train[:cut], train[cut:]
+  if jax.process_index() == 0:  # every host computes the same; one writes
+    np.save(paths["train"], train)
+    np.save(paths["validation"], validation)
+    _write_json(tok_path, tokenizer.to_json())
+    _write_json(stamp_path, stamp)
+  return TokenizedCorpus(tokenizer, train, validation)
+
+
+def _read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path, obj):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f)
+  os.replace(tmp, path)
+
+
+class Windows:
+  """Random-access windows of `length` tokens over a token stream, every `stride` tokens."""
+
+  def __init__(self, tokens: np.ndarray, length: int, stride: int):
+    if len(tokens) < length:
+      raise ValueError(
+        f"the corpus split has {len(tokens)} tokens, fewer than one sequence of {length}; "
+        "use a smaller --config.seq_len or more text"
+      )
+    self.tokens, self.length, self.stride = tokens, length, stride
+
+  def __len__(self) -> int:
+    return (len(self.tokens) - self.length) // self.stride + 1
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    start = int(i) * self.stride
+    return self.tokens[start : start + self.length]
+
+
+def lm_example(window: np.ndarray) -> dict[str, np.ndarray]:
+  """A window of T + 1 tokens -> next-token inputs/targets (T,)."""
+  return {
+    "inputs": window[:-1],
+    "targets": window[1:],
+    "weights": np.ones(len(window) - 1, np.float32),
+  }
+
+
+def train_dataset(tokens: np.ndarray, config: DataConfig, global_batch: int) -> grain.MapDataset:
+  """Infinite, per-epoch reshuffled batches; dataset[s] is the global batch of step s."""
+  windows = Windows(tokens, config.seq_len + 1, config.window_stride or config.seq_len)
+  return (
+    grain.MapDataset.source(windows)
+    .shuffle(seed=config.seed)
+    .repeat()
+    .map(lm_example)
+    .batch(global_batch, drop_remainder=True)
+  )
+
+
+def eval_batches(tokens: np.ndarray, config: DataConfig, batch: int, num_batches: int) -> list[dict]:
+  """The first `num_batches` non-overlapping validation batches, in order (a fixed eval set)."""
+  windows = Windows(tokens, config.seq_len + 1, config.seq_len)
+  ds = grain.MapDataset.source(windows).map(lm_example).batch(batch, drop_remainder=True)
+  n = min(num_batches, len(ds))
+  if n == 0:
+    raise ValueError(
+      f"the validation split holds {len(windows)} sequences, fewer than one eval batch of {batch}; "
+      "lower --config.eval_batch_size or raise --config.val_fraction"
+    )
+  return [ds[i] for i in range(n)]
+
+
+def process_rows(sharding: jax.sharding.Sharding, global_shape: tuple[int, ...]) -> np.ndarray:
+  """The global batch rows this process's devices hold under `sharding`, in order."""
+  rows = set()
+  for index in sharding.addressable_devices_indices_map(global_shape).values():
+    rows.update(range(*index[0].indices(global_shape[0])))
+  return np.array(sorted(rows))
+
+
+def to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+  """A global numpy batch -> jax.Arrays laid out by `sharding`, each host sending its rows."""
+  out = {}
+  for key, value in batch.items():
+    rows = process_rows(sharding, value.shape)
+    out[key] = jax.make_array_from_process_local_data(sharding, value[rows], value.shape)
+  return out

@@ -1,0 +1,133 @@
+"""Text sources, every one a TFDS dataset read through `tfds.data_source` (ArrayRecord).
+
+`config.dataset` names the source:
+  builtin:python-docs        the CPython reference text in `pydoc_data.topics` (no download)
+  text:<path-or-glob>[,...]  local UTF-8 files; built into a TFDS dataset on first use
+  tfds:<name>[:split]        any TFDS catalog dataset with a text feature
+
+Records are {'text': bytes, 'index': int}; `index` keeps document order, which ArrayRecord
+shuffles at write time. One local file is one document.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+DEFAULT_DATASET = "builtin:python-docs"
+
+
+def python_docs() -> list[str]:
+  """The English reference topics that ship with CPython, in a fixed order (~0.8 MB)."""
+  from pydoc_data import topics
+
+  return [topics.topics[k] for k in sorted(topics.topics)]
+
+
+class LocalText(tfds.core.GeneratorBasedBuilder):
+  """A TFDS builder over in-memory documents; its config name fingerprints the input."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def __init__(self, *, documents: list[str] | None = None, **kwargs):
+    self._documents = documents
+    super().__init__(**kwargs)
+
+  def _info(self):
+    features = tfds.features.FeaturesDict({"text": tfds.features.Text(), "index": np.int64})
+    return tfds.core.DatasetInfo(builder=self, features=features)
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    for i, doc in enumerate(self._documents):
+      yield i, {"text": doc, "index": i}
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSource:
+  """Documents of one source, by split, in their original order."""
+
+  spec: str
+  splits: dict  # split name -> data source of {'text', 'index'}
+  text_feature: str = "text"
+
+  def documents(self, split: str) -> list[str]:
+    src = self.splits[split]
+    records = [src[i] for i in range(len(src))]
+    if records and "index" in records[0]:
+      records.sort(key=lambda r: int(r["index"]))
+    return [_as_str(r[self.text_feature]) for r in records]
+
+  def fingerprint(self) -> str:
+    return hashlib.sha256(self.spec.encode()).hexdigest()[:16]
+
+
+def _as_str(x) -> str:
+  return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def _local_builder(name: str, documents: list[str], data_dir: str):
+  builder = LocalText(
+    documents=documents,
+    data_dir=data_dir,
+    config=tfds.core.BuilderConfig(name=name),
+    file_format="array_record",
+  )
+  builder.download_and_prepare()
+  return builder.as_data_source(split="train")
+
+
+def _read_files(pattern: str) -> tuple[list[str], list[str]]:
+  paths = []
+  for part in pattern.split(","):
+    matches = sorted(glob.glob(os.path.expanduser(part)))
+    if not matches:
+      raise FileNotFoundError(
+        f"dataset 'text:{pattern}': no file matches {part!r} (from {os.getcwd()}). "
+        "Pass an existing path or glob, e.g. --config.dataset=text:data/*.txt"
+      )
+    paths += matches
+  docs = []
+  for p in paths:
+    try:
+      with open(p, encoding="utf-8") as f:
+        docs.append(f.read())
+    except UnicodeDecodeError as e:
+      raise ValueError(f"{p} is not UTF-8 text ({e}); convert it, e.g. iconv -t utf-8") from e
+  return paths, docs
+
+
+def open_source(spec: str, data_dir: str, text_feature: str = "text") -> TextSource:
+  """Opens (building on first use) the TFDS dataset behind a `config.dataset` string."""
+  kind, _, arg = spec.partition(":")
+  if kind == "builtin":
+    if arg != "python-docs":
+      raise ValueError(f"unknown builtin dataset {arg!r}; the builtin is 'builtin:python-docs'")
+    return TextSource(spec, {"train": _local_builder("python_docs", python_docs(), data_dir)})
+  if kind == "text":
+    paths, docs = _read_files(arg)
+    stamp = [(os.path.abspath(p), os.path.getsize(p), int(os.path.getmtime(p))) for p in paths]
+    name = "t" + hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
+    return TextSource(spec, {"train": _local_builder(name, docs, data_dir)})
+  if kind == "tfds":
+    name, _, split = arg.partition(":")
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare()
+    available = set(builder.info.splits)
+    splits = {"train": builder.as_data_source(split=split or "train")}
+    for held_out in ("validation", "test"):
+      if held_out in available and held_out != (split or "train"):
+        splits["validation"] = builder.as_data_source(split=held_out)
+        break
+    return TextSource(spec, splits, text_feature)
+  raise ValueError(
+    f"config.dataset={spec!r}: use 'builtin:python-docs', 'text:<path-or-glob>' or 'tfds:<name>[:split]'"
+  )

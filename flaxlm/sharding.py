@@ -1,0 +1,95 @@
+"""Device mesh and the logical-axis -> mesh-axis rules.
+
+Models name their axes ('embed', 'heads', 'mlp', ...); this module alone knows mesh axes.
+Three mesh axes, as in MaxText / the Flax examples:
+  data   - pure data parallelism (replicated parameters)
+  fsdp   - data parallelism with parameters and optimizer state sharded (ZeRO-3)
+  tensor - Megatron-style tensor parallelism over heads, MLP width and vocabulary
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+from jax.experimental import mesh_utils
+import numpy as np
+import flax.linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# (logical axis, mesh axes) pairs. The first matching mesh axis not already used wins.
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+  ("activation_batch", ("data", "fsdp")),
+  ("activation_length", None),
+  ("activation_embed", None),
+  ("activation_heads", "tensor"),
+  ("activation_mlp", "tensor"),
+  ("activation_vocab", "tensor"),
+  ("vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("heads", "tensor"),
+  ("kv_heads", "tensor"),
+  ("mlp", "tensor"),
+  ("head_dim", None),
+  ("max_len", None),
+  ("norm", None),
+  ("layers", None),
+  ("relpos_buckets", None),
+  ("num_types", None),
+)
+
+
+def make_mesh(axis_sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A ('data', 'fsdp', 'tensor') mesh; one size may be -1 to take the remaining devices."""
+  devices = list(devices if devices is not None else jax.devices())
+  unknown = set(axis_sizes) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f"config.mesh has unknown axes {sorted(unknown)}; use {MESH_AXES}")
+  sizes = [int(axis_sizes.get(a, 1)) for a in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"config.mesh={dict(axis_sizes)}: at most one axis may be -1")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f"config.mesh={dict(axis_sizes)} does not divide {len(devices)} devices")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) != len(devices):
+    raise ValueError(
+      f"config.mesh={dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
+      f"{len(devices)} are available; set one axis to -1 to fill the rest"
+    )
+  # mesh_utils orders devices so that tensor-parallel groups share the fastest links.
+  try:
+    grid = mesh_utils.create_device_mesh(sizes, devices)
+  except (ValueError, NotImplementedError, AssertionError):
+    grid = np.asarray(devices).reshape(sizes)
+  return Mesh(grid, MESH_AXES)
+
+
+def rules_from_config(rules: Sequence[Sequence] | None):
+  """Rules as a tuple of (name, axes) with lists turned to tuples (configs hold lists)."""
+  if not rules:
+    return DEFAULT_RULES
+  return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
+
+
+def logical_shardings(abstract_tree, mesh: Mesh, rules):
+  """NamedShardings for a tree whose leaves may be nn.LogicallyPartitioned boxes."""
+  specs = nn.get_partition_spec(abstract_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Batches split their leading axis over every data-parallel axis."""
+  return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return mesh.shape["data"] * mesh.shape["fsdp"]

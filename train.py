@@ -1,0 +1,50 @@
+"""Pretrain a language model.
+
+  python train.py --config=configs/gpt_tiny.py --workdir=/tmp/gpt_tiny [--config.key=value ...]
+
+Rerunning the same command in the same workdir resumes from its newest checkpoint.
+Multi-process (e.g. two processes on one machine):
+  python train.py ... --coordinator_address=127.0.0.1:12355 --num_processes=2 --process_id=0
+"""
+
+import sys
+
+import jax
+from absl import flags
+from ml_collections import config_flags
+
+from flaxlm import cli
+from flaxlm.config import from_config_dict
+from flaxlm.sampling import SamplingConfig, sample_text
+from flaxlm.trainer import dump_config_json, train
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/gpt_tiny.py", "run config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the tokenizer go.")
+cli.define_distributed_flags()
+
+
+def main(argv):
+  cli.parse_flags(argv)
+  cli.setup_logging()
+  if not _WORKDIR.value:
+    sys.exit("train.py: --workdir is required (checkpoints, metrics and the tokenizer go there)")
+  cli.init_distributed()
+  config = cli.config_value(_CONFIG)
+  try:
+    run = from_config_dict(config)
+  except (KeyError, ValueError) as e:
+    sys.exit(f"train.py: bad config: {e}")
+  result = train(run, _WORKDIR.value, dump_config_json(config))
+  if jax.process_index() == 0:
+    print(f"final step {result['step']}: loss {result.get('loss', float('nan')):.4f}, "
+          f"eval_loss {result.get('eval_loss', float('nan')):.4f}")
+  if run.sample_tokens:  # every process takes part in the (sharded) sampling computation
+    text = sample_text(result["trainable"], result["state"].params, result["tokenizer"],
+                       run.sample_prompt, SamplingConfig(run.sample_tokens, temperature=0.8, top_k=40),
+                       seed=run.seed)
+    if jax.process_index() == 0:
+      print("--- sample ---\n" + text + "\n--------------")
+
+
+if __name__ == "__main__":
+  main(sys.argv)
