@@ -36,12 +36,19 @@ def main(argv):
     sys.exit(f"train.py: bad config: {e}")
   result = train(run, _WORKDIR.value, dump_config_json(config))
   if jax.process_index() == 0:
-    print(f"final step {result['step']}: loss {result.get('loss', float('nan')):.4f}, "
-          f"eval_loss {result.get('eval_loss', float('nan')):.4f}")
+    print(
+      f"final step {result['step']}: loss {result.get('loss', float('nan')):.4f}, "
+      f"eval_loss {result.get('eval_loss', float('nan')):.4f}"
+    )
   if run.sample_tokens:  # every process takes part in the (sharded) sampling computation
-    text = sample_text(result["trainable"], result["state"].params, result["tokenizer"],
-                       run.sample_prompt, SamplingConfig(run.sample_tokens, temperature=0.8, top_k=40),
-                       seed=run.seed)
+    text = sample_text(
+      result["trainable"],
+      result["state"].params,
+      result["tokenizer"],
+      run.sample_prompt,
+      SamplingConfig(run.sample_tokens, temperature=0.8, top_k=40),
+      seed=run.seed,
+    )
     if jax.process_index() == 0:
       print("--- sample ---\n" + text + "\n--------------")
 

@@ -27,7 +27,6 @@ class Config:
 
 
 class SelfAttention(nn.Module):
-
   def __init__(self, c: Config):
     super().__init__()
     self.num_heads = c.num_heads
@@ -43,14 +42,15 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-
   def __init__(self, c: Config):
     super().__init__()
     self.ln_attn = nn.LayerNorm(c.embed_dim)
     self.attn = SelfAttention(c)
     self.ln_mlp = nn.LayerNorm(c.embed_dim)
     self.mlp = nn.Sequential(
-      nn.Linear(c.embed_dim, c.mlp_dim), nn.GELU(approximate="tanh"), nn.Linear(c.mlp_dim, c.embed_dim)
+      nn.Linear(c.embed_dim, c.mlp_dim),
+      nn.GELU(approximate="tanh"),
+      nn.Linear(c.mlp_dim, c.embed_dim),
     )
 
   def forward(self, x):
@@ -92,7 +92,10 @@ def make_optimizer(model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.1
   decay, no_decay = [], []
   for name, p in model.named_parameters():
     (decay if p.dim() >= 2 and "embed" not in name else no_decay).append(p)
-  groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+  groups = [
+    {"params": decay, "weight_decay": weight_decay},
+    {"params": no_decay, "weight_decay": 0.0},
+  ]
   return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, foreach=True)
 
 

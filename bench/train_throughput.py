@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch_gpt  # noqa: E402
+
 from flaxlm import objectives, optim, sharding, training  # noqa: E402
 from flaxlm.data import pipeline  # noqa: E402
 from flaxlm.models import gpt  # noqa: E402
@@ -43,10 +44,20 @@ from flaxlm.models import gpt  # noqa: E402
 # name: (model dims, batch, seq, default steps per block, default rounds)
 SHAPES = {
   # nanoGPT's shakespeare_char CPU recipe.
-  "tiny": (dict(vocab_size=65, num_layers=4, num_heads=4, embed_dim=128, mlp_dim=512), 12, 64, 50, 5),
+  "tiny": (
+    dict(vocab_size=65, num_layers=4, num_heads=4, embed_dim=128, mlp_dim=512),
+    12,
+    64,
+    50,
+    5,
+  ),
   # GPT-2 small, vocab padded to 50304.
   "gpt2_small": (
-    dict(vocab_size=50304, num_layers=12, num_heads=12, embed_dim=768, mlp_dim=3072), 4, 256, 3, 3
+    dict(vocab_size=50304, num_layers=12, num_heads=12, embed_dim=768, mlp_dim=3072),
+    4,
+    256,
+    3,
+    3,
   ),
 }
 
@@ -72,8 +83,14 @@ class FlaxlmSide:
     oc = optim.OptimConfig(learning_rate=1e-3, warmup_steps=100, decay_steps=2000)
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
     self.trainable = training.Trainable(
-      gpt.GPT(self.config), optim.make_optimizer(oc), optim.schedule(oc), mesh,
-      sharding.DEFAULT_RULES, objectives.causal_lm, training.StepConfig(), (batch, seq),
+      gpt.GPT(self.config),
+      optim.make_optimizer(oc),
+      optim.schedule(oc),
+      mesh,
+      sharding.DEFAULT_RULES,
+      objectives.causal_lm,
+      training.StepConfig(),
+      (batch, seq),
     )
     self.state = self.trainable.init_state(0)
     self.batch_sharding = sharding.batch_sharding(mesh)
@@ -120,9 +137,13 @@ def timed(side, steps: int) -> float:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
-  parser.add_argument("--steps", type=int, default=0, help="steps per timing block (0: shape default)")
+  parser.add_argument(
+    "--steps", type=int, default=0, help="steps per timing block (0: shape default)"
+  )
   parser.add_argument("--rounds", type=int, default=0, help="alternating rounds (0: shape default)")
-  parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side after compiling")
+  parser.add_argument(
+    "--warmup", type=int, default=2, help="untimed steps per side after compiling"
+  )
   args = parser.parse_args()
   dims, batch, seq, steps, rounds = SHAPES[args.shape]
   steps, rounds = args.steps or steps, args.rounds or rounds
@@ -140,26 +161,32 @@ def main():
   tokens = steps * batch * seq
   tps = {name: tokens / statistics.median(t) for name, t in times.items()}
   flops = tps["flaxlm"] * gpt.flops_per_token(sides["flaxlm"].config, seq)
-  print(json.dumps({
-    "shape": args.shape,
-    "batch": batch,
-    "seq_len": seq,
-    "steps_per_block": steps,
-    "rounds": rounds,
-    "threads": CORES,
-    "flaxlm_tokens_per_sec": round(tps["flaxlm"], 1),
-    "torch_tokens_per_sec": round(tps["torch"], 1),
-    "ratio": round(tps["flaxlm"] / tps["torch"], 3),
-    "flaxlm_flops_per_sec": round(flops),
-    "torch_flops_per_sec": round(tps["torch"] * gpt.flops_per_token(sides["flaxlm"].config, seq)),
-    "matmul_peak_flops_per_sec": round(peak),
-    "flaxlm_fraction_of_peak": round(flops / peak, 3),
-    "flaxlm_block_seconds": [round(t, 3) for t in times["flaxlm"]],
-    "torch_block_seconds": [round(t, 3) for t in times["torch"]],
-    "jax": jax.__version__,
-    "torch": torch.__version__,
-    "xla_flags": os.environ.get("XLA_FLAGS", ""),
-  }))
+  print(
+    json.dumps(
+      {
+        "shape": args.shape,
+        "batch": batch,
+        "seq_len": seq,
+        "steps_per_block": steps,
+        "rounds": rounds,
+        "threads": CORES,
+        "flaxlm_tokens_per_sec": round(tps["flaxlm"], 1),
+        "torch_tokens_per_sec": round(tps["torch"], 1),
+        "ratio": round(tps["flaxlm"] / tps["torch"], 3),
+        "flaxlm_flops_per_sec": round(flops),
+        "torch_flops_per_sec": round(
+          tps["torch"] * gpt.flops_per_token(sides["flaxlm"].config, seq)
+        ),
+        "matmul_peak_flops_per_sec": round(peak),
+        "flaxlm_fraction_of_peak": round(flops / peak, 3),
+        "flaxlm_block_seconds": [round(t, 3) for t in times["flaxlm"]],
+        "torch_block_seconds": [round(t, 3) for t in times["torch"]],
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ class CheckpointMismatchError(ValueError):
 
 
 class Checkpointer:
-  def __init__(self, directory: str, keep: int = 3, save_every: int = 1000, async_save: bool = True):
+  def __init__(
+    self, directory: str, keep: int = 3, save_every: int = 1000, async_save: bool = True
+  ):
     self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(
       self.directory,
@@ -92,6 +94,7 @@ def _check_shapes(restored, abstract, where: str):
   jax.tree_util.tree_map_with_path(check, restored, abstract)
   if bad:
     raise CheckpointMismatchError(
-      f"checkpoint {where} was written for a different model: " + "; ".join(bad[:5])
+      f"checkpoint {where} was written for a different model: "
+      + "; ".join(bad[:5])
       + ". Run with the config it was trained with, or start a fresh --workdir."
     )

@@ -14,8 +14,9 @@ FLAGS = flags.FLAGS
 
 
 def define_distributed_flags():
-  flags.DEFINE_string("coordinator_address", None,
-                      "host:port of process 0, for multi-process runs outside TPU/SLURM.")
+  flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-process runs outside TPU/SLURM."
+  )
   flags.DEFINE_integer("num_processes", None, "number of processes in a multi-process run.")
   flags.DEFINE_integer("process_id", None, "this process's index in a multi-process run.")
 
@@ -25,19 +26,25 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return FLAGS(argv)
   except flags.Error as e:  # absl folds the loader's traceback into the message; keep its end
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith(" " * 4 + "File")]
+    lines = [
+      ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith(" " * 4 + "File")
+    ]
     sys.exit(f"{os.path.basename(argv[0])}: {' '.join(lines[-2:])}\nRun with --help for the flags.")
   except (AttributeError, KeyError) as e:  # an unknown --config.x override
     text = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
     key = re.findall(r"--config\.([\w.]+)", " ".join(argv))
-    sys.exit(f"{os.path.basename(argv[0])}: bad config override ({text}). "
-             f"Overrides given: {['--config.' + k for k in key]}")
+    sys.exit(
+      f"{os.path.basename(argv[0])}: bad config override ({text}). "
+      f"Overrides given: {['--config.' + k for k in key]}"
+    )
   except (OSError, SyntaxError, ImportError) as e:  # a missing or broken config file
     sys.exit(f"{os.path.basename(argv[0])}: cannot load the config file: {e}")
 
 
 def setup_logging():
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+  logging.basicConfig(
+    level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+  )
   for noisy in ("absl", "jax._src.xla_bridge", "orbax", "tensorflow_datasets"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -49,7 +56,9 @@ def init_distributed():
 
   if FLAGS.coordinator_address or FLAGS.num_processes:
     if None in (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id):
-      sys.exit("multi-process runs need all of --coordinator_address, --num_processes, --process_id")
+      sys.exit(
+        "multi-process runs need all of --coordinator_address, --num_processes, --process_id"
+      )
     # Only the CPU backend reads this; it lets CPU processes all-reduce over TCP.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
@@ -57,10 +66,12 @@ def init_distributed():
       num_processes=FLAGS.num_processes,
       process_id=FLAGS.process_id,
     )
-  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ and \
-      "," in os.environ["TPU_WORKER_HOSTNAMES"]:
+  elif (
+    int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    or "TPU_WORKER_HOSTNAMES" in os.environ
+    and "," in os.environ["TPU_WORKER_HOSTNAMES"]
+  ):
     jax.distributed.initialize()
-
 
 
 def config_value(holder):
@@ -71,5 +82,7 @@ def config_value(holder):
     return config
   except OSError as e:
     path = next((ln.strip() for ln in str(e).splitlines() if ln.strip().endswith(".py")), str(e))
-    sys.exit(f"cannot load config file {path}: no such file, or it failed to import. "
-             "Pass --config=configs/<name>.py (see configs/).")
+    sys.exit(
+      f"cannot load config file {path}: no such file, or it failed to import. "
+      "Pass --config=configs/<name>.py (see configs/)."
+    )

@@ -21,11 +21,19 @@ from flaxlm.objectives import LossConfig
 from flaxlm.training import StepConfig
 
 
+def model_preset(family: str, name: str) -> ml_collections.ConfigDict:
+  """The `config.model` block of a named preset, e.g. model_preset('gpt', 'gpt2_small')."""
+  presets = registry.family_of(family).presets
+  if name not in presets:
+    raise ValueError(f"{family} has no preset {name!r}; presets: {sorted(presets)}")
+  return ml_collections.ConfigDict(dataclasses.asdict(presets[name]))
+
+
 def default_config() -> ml_collections.ConfigDict:
   """Every key a run understands, with its default. Config files start from this."""
   c = ml_collections.ConfigDict()
   c.model_family = "gpt"
-  c.model = ml_collections.ConfigDict(dataclasses.asdict(registry.family_of("gpt").presets["tiny"]))
+  c.model = model_preset("gpt", "tiny")
   c.objective = ""  # '' = the family's default pretraining objective
 
   # Data: see flaxlm/data/sources.py for the dataset strings.
@@ -110,14 +118,25 @@ def from_config_dict(c: ml_collections.ConfigDict) -> RunConfig:
     model=model,
     objective=c.objective or family.objective,
     data=DataConfig(
-      dataset=c.dataset, data_dir=c.data_dir, text_feature=c.text_feature, seq_len=c.seq_len,
-      window_stride=c.window_stride, val_fraction=c.val_fraction, seed=c.seed,
+      dataset=c.dataset,
+      data_dir=c.data_dir,
+      text_feature=c.text_feature,
+      seq_len=c.seq_len,
+      window_stride=c.window_stride,
+      val_fraction=c.val_fraction,
+      seed=c.seed,
     ),
     tokenizer=TokenizerConfig(**c.tokenizer.to_dict()),
     optim=optim.OptimConfig(
-      learning_rate=c.learning_rate, schedule=c.schedule, warmup_steps=c.warmup_steps,
-      decay_steps=c.num_train_steps, min_learning_rate=c.min_learning_rate, b1=c.b1, b2=c.b2,
-      weight_decay=c.weight_decay, decay_embeddings=c.decay_embeddings,
+      learning_rate=c.learning_rate,
+      schedule=c.schedule,
+      warmup_steps=c.warmup_steps,
+      decay_steps=c.num_train_steps,
+      min_learning_rate=c.min_learning_rate,
+      b1=c.b1,
+      b2=c.b2,
+      weight_decay=c.weight_decay,
+      decay_embeddings=c.decay_embeddings,
       grad_clip_norm=c.grad_clip_norm,
     ),
     step=StepConfig(
@@ -141,8 +160,9 @@ def from_config_dict(c: ml_collections.ConfigDict) -> RunConfig:
   )
 
 
-def check_keys(c: ml_collections.ConfigDict, reference: ml_collections.ConfigDict | None = None,
-               prefix: str = "") -> None:
+def check_keys(
+  c: ml_collections.ConfigDict, reference: ml_collections.ConfigDict | None = None, prefix: str = ""
+) -> None:
   """Fails on a key that the defaults do not have, naming the closest valid keys."""
   reference = default_config() if reference is None else reference
   for key in c.keys():

@@ -17,9 +17,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 Array = jax.Array
 
@@ -132,7 +132,9 @@ class Einsum(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = self.param("kernel", logical_init(nn.initializers.normal(self.init_std), self.axes), self.shape)
+    kernel = self.param(
+      "kernel", logical_init(nn.initializers.normal(self.init_std), self.axes), self.shape
+    )
     y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
       out_letters = self.equation.split("->")[1]
@@ -201,7 +203,12 @@ class Attention(nn.Module):
     if self.decode and not cross:
       k, v, mask = self._update_cache(k, v, mask)
     out = jax.nn.dot_product_attention(
-      q, k, v, bias=bias, mask=mask, implementation=None if c.attention_impl == "xla" else c.attention_impl
+      q,
+      k,
+      v,
+      bias=bias,
+      mask=mask,
+      implementation=None if c.attention_impl == "xla" else c.attention_impl,
     )  # (B, T, N, H)
     out = Einsum(
       "BTNH,NHD->BTD",

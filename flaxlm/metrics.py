@@ -44,7 +44,11 @@ class Throughput:
   """Tokens/s and MFU over the steps since the last `measure()` call."""
 
   def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops: float | None):
-    self.tokens_per_step, self.flops_per_token, self.peak = tokens_per_step, flops_per_token, peak_flops
+    self.tokens_per_step, self.flops_per_token, self.peak = (
+      tokens_per_step,
+      flops_per_token,
+      peak_flops,
+    )
     self._t, self._steps = time.perf_counter(), 0
 
   def tick(self):
@@ -127,8 +131,12 @@ class Progress:
     elapsed = time.perf_counter() - self.t0
     eta = elapsed / max(done, 1) * (self.total - step)
     parts = [f"step {step}/{self.total}"]
-    for key, fmt in (("loss", "{:.4f}"), ("eval_loss", "{:.4f}"), ("tokens_per_sec", "{:,.0f} tok/s"),
-                     ("mfu", "MFU {:.1%}")):
+    for key, fmt in (
+      ("loss", "{:.4f}"),
+      ("eval_loss", "{:.4f}"),
+      ("tokens_per_sec", "{:,.0f} tok/s"),
+      ("mfu", "MFU {:.1%}"),
+    ):
       if key in values:
         parts.append((key + " " if "loss" in key else "") + fmt.format(values[key]))
     parts.append(f"ETA {_hms(eta)}")

@@ -51,10 +51,10 @@ def decay_mask(params, decay_embeddings: bool = False):
   """True for leaves that take weight decay: matrices, and embeddings only if asked."""
 
   def decays(path, leaf) -> bool:
-    name = "/".join(str(p) for p in path)
-    if leaf.ndim < 2:  # biases, norm scales
+    del leaf  # by name, not rank: a scanned stack adds a layer axis, attention biases are 2-D
+    if path[-1] in ("bias", "scale"):
       return False
-    if "embed" in name.split("/")[-2:] or "embedding" in name:
+    if path[-1] == "embedding" or "embed" in path[-2:]:
       return decay_embeddings
     return True
 

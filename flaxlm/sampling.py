@@ -52,14 +52,20 @@ def generate(model, params, prompt: jax.Array, rng: jax.Array, config: SamplingC
   b, p = prompt.shape
   total = p + config.max_new_tokens
   cache = jax.eval_shape(
-    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((b, total), jnp.int32), decode=True)["cache"]
+    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((b, total), jnp.int32), decode=True)[
+      "cache"
+    ]
   )
   cache = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), cache)
 
   def forward(cache, tokens, start):
     positions = start + jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     logits, mutated = model.apply(
-      {"params": params, "cache": cache}, tokens, positions=positions, decode=True, mutable=["cache"]
+      {"params": params, "cache": cache},
+      tokens,
+      positions=positions,
+      decode=True,
+      mutable=["cache"],
     )
     return mutated["cache"], logits[:, -1]
 
@@ -81,8 +87,15 @@ def generate(model, params, prompt: jax.Array, rng: jax.Array, config: SamplingC
   return out
 
 
-def sample_text(trainable, params, tokenizer, prompt: str, config: SamplingConfig, seed: int = 0,
-                num_samples: int = 1) -> str | list[str]:
+def sample_text(
+  trainable,
+  params,
+  tokenizer,
+  prompt: str,
+  config: SamplingConfig,
+  seed: int = 0,
+  num_samples: int = 1,
+) -> str | list[str]:
   """Encodes `prompt` (empty: start from EOS/BOS or token 0), samples, decodes the new text."""
   ids = tokenizer.encode(prompt) if prompt else []
   if not ids:

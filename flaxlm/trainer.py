@@ -39,7 +39,9 @@ def build(run: RunConfig, vocab_size: int, mesh=None) -> Trainable:
   """Model + optimizer + sharded layout for this run, with the model vocab fitted to the tokenizer."""
   model_config = run.model
   if not model_config.vocab_size:
-    model_config = dataclasses.replace(model_config, vocab_size=round_up(vocab_size, run.pad_vocab_to))
+    model_config = dataclasses.replace(
+      model_config, vocab_size=round_up(vocab_size, run.pad_vocab_to)
+    )
   elif model_config.vocab_size < vocab_size:
     raise ValueError(
       f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's {vocab_size}; "
@@ -98,8 +100,11 @@ def evaluate(trainable: Trainable, params, batches) -> dict:
   sums = jax.device_get(sums)
   w = max(float(sums["weight_sum"]), 1.0)
   loss = float(sums["nll_sum"]) / w
-  return {"eval_loss": loss, "eval_accuracy": float(sums["correct_sum"]) / w,
-          "eval_perplexity": math.exp(min(loss, 50.0))}
+  return {
+    "eval_loss": loss,
+    "eval_accuracy": float(sums["correct_sum"]) / w,
+    "eval_perplexity": math.exp(min(loss, 50.0)),
+  }
 
 
 def train(run: RunConfig, workdir: str, config_json: dict | None = None) -> dict:
@@ -112,7 +117,9 @@ def train(run: RunConfig, workdir: str, config_json: dict | None = None) -> dict
   )
   meta = ckpt.restore_meta()
   saved_tokenizer = tokenizers.tokenizer_from_json(meta["tokenizer"]) if meta else None
-  corpus = pipeline.load_corpus(run.data, run.tokenizer, os.path.join(workdir, "data"), saved_tokenizer)
+  corpus = pipeline.load_corpus(
+    run.data, run.tokenizer, os.path.join(workdir, "data"), saved_tokenizer
+  )
   trainable = build(run, corpus.tokenizer.vocab_size)
   if meta and meta.get("model") != model_config_json(trainable):
     raise checkpoint.CheckpointMismatchError(
@@ -129,25 +136,41 @@ def train(run: RunConfig, workdir: str, config_json: dict | None = None) -> dict
   data_iter = iter(pipeline.train_dataset(corpus.train, run.data, run.batch_size).to_iter_dataset())
   data_iter.set_state({"next_index": start} if not meta else meta["data_iterator"])
   batch_sharding = sharding.batch_sharding(trainable.mesh)
-  eval_set = [pipeline.to_global(b, batch_sharding) for b in pipeline.eval_batches(
-    corpus.validation, run.data, run.eval_batch_size, run.eval_batches)]
+  eval_set = [
+    pipeline.to_global(b, batch_sharding)
+    for b in pipeline.eval_batches(
+      corpus.validation, run.data, run.eval_batch_size, run.eval_batches
+    )
+  ]
 
   family = registry.family_of(run.model_family)
   flops_per_token = family.flops_per_token(trainable.model.config, run.data.seq_len)
   tokens_per_step = run.batch_size * run.data.seq_len
-  throughput = metrics.Throughput(tokens_per_step, flops_per_token, metrics.device_peak_flops(run.peak_flops))
+  throughput = metrics.Throughput(
+    tokens_per_step, flops_per_token, metrics.device_peak_flops(run.peak_flops)
+  )
   writer = metrics.MetricsWriter(workdir)
   progress = metrics.Progress(run.num_train_steps, start)
   stop = _StopSignal()
   if jax.process_index() == 0:
     n_params = sum(x.size for x in jax.tree.leaves(trainable.abstract_state.params))
-    log.info("model %s: %.2fM parameters, %.3g training FLOPs/token, mesh %s",
-             run.model_family, n_params / 1e6, flops_per_token, dict(trainable.mesh.shape))
+    log.info(
+      "model %s: %.2fM parameters, %.3g training FLOPs/token, mesh %s",
+      run.model_family,
+      n_params / 1e6,
+      flops_per_token,
+      dict(trainable.mesh.shape),
+    )
 
   def meta_now(step_state) -> dict:
-    return {"step": int(step_state), "data_iterator": data_iter.get_state(),
-            "tokenizer": corpus.tokenizer.to_json(), "model": model_config_json(trainable),
-            "model_family": run.model_family, "config": config_json or {}}
+    return {
+      "step": int(step_state),
+      "data_iterator": data_iter.get_state(),
+      "tokenizer": corpus.tokenizer.to_json(),
+      "model": model_config_json(trainable),
+      "model_family": run.model_family,
+      "config": config_json or {},
+    }
 
   pending, last, step = [], {}, start
   try:
@@ -186,7 +209,47 @@ def train(run: RunConfig, workdir: str, config_json: dict | None = None) -> dict
     progress.close()
     writer.close()
     ckpt.close()
-  return {"step": step, **last, "state": state, "trainable": trainable, "tokenizer": corpus.tokenizer}
+  return {
+    "step": step,
+    **last,
+    "state": state,
+    "trainable": trainable,
+    "tokenizer": corpus.tokenizer,
+  }
+
+
+def load_trained(workdir: str, mesh=None) -> tuple[Trainable, object, object]:
+  """(trainable, params, tokenizer) from the newest checkpoint in `workdir`, for sampling.
+
+  The run config, model config and tokenizer all come from the checkpoint itself, so the
+  tokenizer is always the one the model was trained with. `mesh` defaults to one device.
+  """
+  import ml_collections
+
+  from flaxlm.config import from_config_dict
+
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  try:
+    meta = ckpt.restore_meta()
+    if meta is None:
+      raise FileNotFoundError(
+        f"no checkpoint in {ckpt.directory}; train one first: "
+        f"python train.py --config=configs/gpt_tiny.py --workdir={workdir}"
+      )
+    run = from_config_dict(ml_collections.ConfigDict(meta["config"]))
+    tokenizer = tokenizers.tokenizer_from_json(meta["tokenizer"])
+    run = dataclasses.replace(
+      run,
+      model=registry.model_config(meta["model_family"], meta["model"]),
+      batch_size=1,
+      step=dataclasses.replace(run.step, accum_steps=1),
+    )
+    mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    trainable = build(run, tokenizer.vocab_size, mesh)
+    state = ckpt.restore_state(trainable.abstract_state)
+  finally:
+    ckpt.close()
+  return trainable, state.params, tokenizer
 
 
 def _check_finite(rows: list[dict], first_step: int, ckpt: checkpoint.Checkpointer) -> dict:

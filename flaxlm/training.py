@@ -18,7 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from flaxlm import optim, sharding
 from flaxlm.objectives import LossConfig
@@ -85,7 +86,9 @@ class Trainable:
       rng=sharding.replicated(self.mesh),
     )
     self.abstract_state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, self.state_shardings
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract,
+      self.state_shardings,
     )
 
   @contextlib.contextmanager
@@ -112,8 +115,12 @@ class Trainable:
   def train_step(self):
     batch_s = sharding.batch_sharding(self.mesh)
     fn = functools.partial(
-      train_step, model=self.model, tx=self.tx, schedule=self.schedule,
-      objective=self.objective, config=self.step_config,
+      train_step,
+      model=self.model,
+      tx=self.tx,
+      schedule=self.schedule,
+      objective=self.objective,
+      config=self.step_config,
     )
     jitted = jax.jit(
       fn,
@@ -125,7 +132,9 @@ class Trainable:
 
   @functools.cached_property
   def eval_step(self):
-    fn = functools.partial(eval_step, model=self.model, objective=self.objective, config=self.step_config)
+    fn = functools.partial(
+      eval_step, model=self.model, objective=self.objective, config=self.step_config
+    )
     jitted = jax.jit(
       fn,
       in_shardings=(self.param_shardings, sharding.batch_sharding(self.mesh)),
@@ -188,7 +197,9 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, objective, conf
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   new_state = state.replace(
-    step=state.step + 1, params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state)
+    step=state.step + 1,
+    params=keep(params, state.params),
+    opt_state=keep(opt_state, state.opt_state),
   )
   metrics = {
     "loss": loss,

@@ -16,7 +16,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def pytest_collection_modifyitems(config, items):
-  skip = pytest.mark.skip(reason=f"needs {SHARED_DATA} (the shared data folder beside the checkout)")
+  skip = pytest.mark.skip(
+    reason=f"needs {SHARED_DATA} (the shared data folder beside the checkout)"
+  )
   for item in items:
     if "shared_data" in item.keywords and not SHARED_DATA.exists():
       item.add_marker(skip)

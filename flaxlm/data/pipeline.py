@@ -61,8 +61,11 @@ def load_corpus(
   from another dataset or tokenizer is rebuilt rather than silently reused.
   """
   os.makedirs(cache_dir, exist_ok=True)
-  stamp = {"dataset": config.dataset, "val_fraction": config.val_fraction,
-           "tokenizer": dataclasses.asdict(tok_config)}
+  stamp = {
+    "dataset": config.dataset,
+    "val_fraction": config.val_fraction,
+    "tokenizer": dataclasses.asdict(tok_config),
+  }
   stamp_path = os.path.join(cache_dir, "corpus.json")
   tok_path = os.path.join(cache_dir, "tokenizer.json")
   paths = {s: os.path.join(cache_dir, f"{s}.npy") for s in ("train", "validation")}
@@ -77,8 +80,9 @@ def load_corpus(
   train_docs = source.documents("train")
   val_docs = source.documents("validation") if "validation" in source.splits else None
   if tokenizer is None:
-    tokenizer = tokenizers.train_tokenizer(tok_config, train_docs + (val_docs or [])
-                                           if tok_config.kind == "char" else train_docs)
+    tokenizer = tokenizers.train_tokenizer(
+      tok_config, train_docs + (val_docs or []) if tok_config.kind == "char" else train_docs
+    )
   train = _encode_stream(tokenizer, train_docs)
   if val_docs is not None:
     validation = _encode_stream(tokenizer, val_docs)
@@ -145,7 +149,9 @@ def train_dataset(tokens: np.ndarray, config: DataConfig, global_batch: int) -> 
   )
 
 
-def eval_batches(tokens: np.ndarray, config: DataConfig, batch: int, num_batches: int) -> list[dict]:
+def eval_batches(
+  tokens: np.ndarray, config: DataConfig, batch: int, num_batches: int
+) -> list[dict]:
   """The first `num_batches` non-overlapping validation batches, in order (a fixed eval set)."""
   windows = Windows(tokens, config.seq_len + 1, config.seq_len)
   ds = grain.MapDataset.source(windows).map(lm_example).batch(batch, drop_remainder=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from flaxlm import layers
 
@@ -54,7 +54,9 @@ class GPTConfig:
     if self.embed_dim % self.num_heads and not self.head_dim:
       raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
     if self.kv_heads and self.num_heads % self.kv_heads:
-      raise ValueError(f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.kv_heads}")
+      raise ValueError(
+        f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.kv_heads}"
+      )
     for field, allowed in [
       ("position", ("learned", "sinusoidal", "rope")),
       ("norm", ("layernorm", "rmsnorm")),
@@ -202,7 +204,9 @@ class GPT(nn.Module):
     embedder = layers.Embedder(c.vocab_size, c.embed_dim, dtype=dtype, name="embed")
     x = embedder(tokens)  # (B, T, D)
     if c.position == "learned":
-      x = x + layers.LearnedPositions(c.max_len, c.embed_dim, name="pos_embed")(positions).astype(dtype)
+      x = x + layers.LearnedPositions(c.max_len, c.embed_dim, name="pos_embed")(positions).astype(
+        dtype
+      )
     elif c.position == "sinusoidal":
       x = x + layers.sinusoidal_table(c.max_len, c.embed_dim)[positions].astype(dtype)
     x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
@@ -212,7 +216,13 @@ class GPT(nn.Module):
       segment_ids, segment_ids, causal=not decode, q_positions=positions, kv_positions=positions
     )
     x = stack_blocks(
-      Block, c, c.num_layers, c.scan_layers, c.remat_policy, deterministic=deterministic, decode=decode
+      Block,
+      c,
+      c.num_layers,
+      c.scan_layers,
+      c.remat_policy,
+      deterministic=deterministic,
+      decode=decode,
     )(x, mask, positions)
     x = layers.make_norm(c.norm, c.use_bias, c.norm_eps, dtype, "ln_final")(x)
     if c.tie_embeddings:
@@ -225,7 +235,9 @@ class GPT(nn.Module):
         kernel_init=layers.logical_init(nn.initializers.normal(0.02), ("embed", "vocab")),
         name="lm_head",
       )(x)
-    logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
+    logits = nn.with_logical_constraint(
+      logits, ("activation_batch", "activation_length", "activation_vocab")
+    )
     return logits.astype(jnp.float32)
 
 

@@ -38,8 +38,10 @@ def model_config(family: str, fields: Mapping[str, Any]):
   known = {f.name for f in dataclasses.fields(fam.config_cls)}
   unknown = sorted(set(fields) - known)
   if unknown:
-    raise ValueError(f"config.model has keys {unknown} that {fam.config_cls.__name__} does not know; "
-                     f"valid keys: {sorted(known)}")
+    raise ValueError(
+      f"config.model has keys {unknown} that {fam.config_cls.__name__} does not know; "
+      f"valid keys: {sorted(known)}"
+    )
   return fam.config_cls(**fields)
 
 

@@ -1,0 +1,48 @@
+"""Every file in configs/ loads, validates and builds its sharded abstract train state."""
+
+import importlib.util
+import pathlib
+
+import jax
+import pytest
+
+from flaxlm import sharding
+from flaxlm.config import from_config_dict
+from flaxlm.trainer import build
+
+CONFIGS = sorted((pathlib.Path(__file__).parent.parent / "configs").glob("*.py"))
+
+
+def load(path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_configs_exist():
+  names = {p.stem for p in CONFIGS}
+  assert {"gpt_tiny", "shakespeare_char", "gpt2_small", "llama_1b"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_builds_abstract_state(path):
+  config = load(path)
+  module_doc = path.read_text().split('"""')[1]
+  assert "python train.py --config=configs/" + path.name in module_doc, (
+    "docstring must say how to run it"
+  )
+  run = from_config_dict(config)
+  # The config's mesh over as many of the 8 emulated devices as its batch divides.
+  n = next(n for n in (8, 4, 2, 1) if run.batch_size % n == 0)
+  mesh = sharding.make_mesh(run.mesh, jax.devices()[:n])
+  vocab = run.tokenizer.vocab_size if run.tokenizer.kind == "sentencepiece" else 256
+  trainable = build(run, vocab, mesh)
+  state = trainable.abstract_state
+  shardings = trainable.state_shardings
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  assert n_params > 0
+  assert jax.tree.structure(state) == jax.tree.structure(shardings)
+  for leaf, s in zip(jax.tree.leaves(state.params), jax.tree.leaves(shardings.params), strict=True):
+    assert s.mesh.shape == mesh.shape
+    s.shard_shape(leaf.shape)  # raises if the sharding does not divide the shape
