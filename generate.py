@@ -11,7 +11,6 @@ import sys
 from absl import flags
 
 from flaxlm import cli
-from flaxlm.checkpoint import CheckpointMismatchError
 from flaxlm.sampling import SamplingConfig, sample_text
 from flaxlm.trainer import load_trained
 
@@ -35,7 +34,7 @@ def main(argv):
     sys.exit("generate.py: --workdir is required (the directory train.py wrote)")
   try:
     trainable, params, tokenizer = load_trained(_WORKDIR.value)
-  except (FileNotFoundError, CheckpointMismatchError) as e:
+  except (FileNotFoundError, ValueError) as e:  # CheckpointMismatchError is a ValueError
     sys.exit(f"generate.py: {e}")
   config = SamplingConfig(
     max_new_tokens=_MAX_NEW.value,

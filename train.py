@@ -11,14 +11,14 @@ import sys
 
 import jax
 from absl import flags
-from ml_collections import config_flags
 
 from flaxlm import cli
+from flaxlm.checkpoint import CheckpointMismatchError
 from flaxlm.config import from_config_dict
 from flaxlm.sampling import SamplingConfig, sample_text
-from flaxlm.trainer import dump_config_json, train
+from flaxlm.trainer import TrainingDivergedError, dump_config_json, train
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/gpt_tiny.py", "run config file.")
+_CONFIG = cli.define_config_flag("configs/gpt_tiny.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the tokenizer go.")
 cli.define_distributed_flags()
 
@@ -34,13 +34,18 @@ def main(argv):
     run = from_config_dict(config)
   except (KeyError, ValueError) as e:
     sys.exit(f"train.py: bad config: {e}")
-  result = train(run, _WORKDIR.value, dump_config_json(config))
+  try:
+    result = train(run, _WORKDIR.value, dump_config_json(config))
+  except (FileNotFoundError, CheckpointMismatchError, TrainingDivergedError) as e:
+    sys.exit(f"train.py: {e}")  # the message says what to do; a traceback would bury it
   if jax.process_index() == 0:
     print(
       f"final step {result['step']}: loss {result.get('loss', float('nan')):.4f}, "
       f"eval_loss {result.get('eval_loss', float('nan')):.4f}"
     )
-  if run.sample_tokens:  # every process takes part in the (sharded) sampling computation
+  if (
+    run.sample_tokens and run.objective == "causal_lm"
+  ):  # every process takes part in the (sharded) sampling computation
     text = sample_text(
       result["trainable"],
       result["state"].params,

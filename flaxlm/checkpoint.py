@@ -7,7 +7,9 @@ state with the *current* shardings, so a checkpoint written on one mesh loads on
 
 from __future__ import annotations
 
+import json
 import os
+import re
 
 import jax
 import orbax.checkpoint as ocp
@@ -19,7 +21,12 @@ class CheckpointMismatchError(ValueError):
 
 class Checkpointer:
   def __init__(
-    self, directory: str, keep: int = 3, save_every: int = 1000, async_save: bool = True
+    self,
+    directory: str,
+    keep: int = 3,
+    save_every: int = 1000,
+    async_save: bool = True,
+    create: bool = True,  # False for readers: a missing directory is just "no checkpoint"
   ):
     self.directory = os.path.abspath(directory)
     self.manager = ocp.CheckpointManager(
@@ -28,7 +35,7 @@ class Checkpointer:
         max_to_keep=keep,
         save_interval_steps=max(save_every, 1),
         enable_async_checkpointing=async_save,
-        create=True,
+        create=create,
       ),
     )
 
@@ -60,6 +67,8 @@ class Checkpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
       )
     except (ValueError, KeyError, TypeError) as e:
+      if _unreadable(e):
+        raise CheckpointMismatchError(self._damaged(step, e)) from e
       raise CheckpointMismatchError(
         f"checkpoint {self.directory}/{step} does not match the model being built ({e}). "
         "Run with the config it was trained with, or start a fresh --workdir."
@@ -82,6 +91,15 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+# TensorStore reports I/O and decoding failures as ValueError('<STATUS>: ...'); a model that
+# does not fit the checkpoint fails Orbax's own tree and shape checks instead.
+_IO_STATUS = re.compile(r"(DATA_LOSS|OUT_OF_RANGE|NOT_FOUND|UNKNOWN|INTERNAL|PERMISSION_DENIED):")
+
+
+def _unreadable(e: Exception) -> bool:
+  return isinstance(e, UnicodeDecodeError | json.JSONDecodeError) or bool(_IO_STATUS.match(str(e)))
 
 
 def _check_shapes(restored, abstract, where: str):

@@ -8,7 +8,7 @@ import os
 import re
 import sys
 
-from absl import flags
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 
@@ -23,6 +23,7 @@ def define_distributed_flags():
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl parsing with one-line errors naming the bad flag or config key and the fix."""
+  app.define_help_flags()  # --help / --helpfull (absl.app.run would define them; we call main)
   try:
     return FLAGS(argv)
   except flags.Error as e:  # absl folds the loader's traceback into the message; keep its end
@@ -31,19 +32,41 @@ def parse_flags(argv: list[str]) -> list[str]:
     ]
     sys.exit(f"{os.path.basename(argv[0])}: {' '.join(lines[-2:])}\nRun with --help for the flags.")
   except (AttributeError, KeyError) as e:  # an unknown --config.x override
-    text = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
-    key = re.findall(r"--config\.([\w.]+)", " ".join(argv))
-    sys.exit(
-      f"{os.path.basename(argv[0])}: bad config override ({text}). "
-      f"Overrides given: {['--config.' + k for k in key]}"
-    )
+    _exit_bad_override(argv, e)
   except (OSError, SyntaxError, ImportError) as e:  # a missing or broken config file
     sys.exit(f"{os.path.basename(argv[0])}: cannot load the config file: {e}")
 
 
+def define_config_flag(default: str, help_string: str = "run config file."):
+  """`--config=<file>` plus `--config.key=value` overrides, with one-line override errors.
+
+  Without --config on the command line, ml_collections loads `default` and resolves the
+  overrides while the flag is being defined, before `parse_flags` runs; catch them here too."""
+  from ml_collections import config_flags
+
+  try:
+    return config_flags.DEFINE_config_file("config", default, help_string)
+  except (AttributeError, KeyError) as e:
+    _exit_bad_override(sys.argv, e)
+  except OSError as e:  # the default file is missing (run from another directory)
+    _exit_cannot_load(e)
+
+
+def _exit_bad_override(argv: list[str], e: Exception):
+  text = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+  key = re.findall(r"--config\.([\w.]+)", " ".join(argv))
+  sys.exit(
+    f"{os.path.basename(argv[0])}: bad config override ({text}). "
+    f"Overrides given: {['--config.' + k for k in key]}"
+  )
+
+
 def setup_logging():
   logging.basicConfig(
-    level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    level=logging.INFO,
+    format="%(asctime)s %(name)s: %(message)s",
+    datefmt="%H:%M:%S",
+    force=True,  # an imported library already put a WARNING-level handler on the root logger
   )
   for noisy in ("absl", "jax._src.xla_bridge", "orbax", "tensorflow_datasets"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -81,8 +104,12 @@ def config_value(holder):
     config.keys()  # a config that failed to load raises only when first touched
     return config
   except OSError as e:
-    path = next((ln.strip() for ln in str(e).splitlines() if ln.strip().endswith(".py")), str(e))
-    sys.exit(
-      f"cannot load config file {path}: no such file, or it failed to import. "
-      "Pass --config=configs/<name>.py (see configs/)."
-    )
+    _exit_cannot_load(e)
+
+
+def _exit_cannot_load(e: OSError):
+  path = next((ln.strip() for ln in str(e).splitlines() if ln.strip().endswith(".py")), str(e))
+  sys.exit(
+    f"cannot load config file {path}: no such file, or it failed to import. "
+    "Pass --config=configs/<name>.py (see configs/)."
+  )

@@ -17,7 +17,7 @@ from flaxlm import optim
 from flaxlm.data.pipeline import DataConfig
 from flaxlm.data.tokenizers import TokenizerConfig
 from flaxlm.models import registry
-from flaxlm.objectives import LossConfig
+from flaxlm.objectives import LossConfig, MaskingConfig
 from flaxlm.training import StepConfig
 
 
@@ -43,7 +43,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.seq_len = 128
   c.window_stride = 0  # 0 = seq_len: packed windows; 1 = every offset (nanoGPT sampling)
   c.val_fraction = 0.1
+  c.eval_dataset = ""  # validate on another dataset string instead of a held-out split
   c.tokenizer = ml_collections.ConfigDict(dataclasses.asdict(TokenizerConfig()))
+  c.masking = ml_collections.ConfigDict(dataclasses.asdict(MaskingConfig()))  # objective 'mlm'
   c.pad_vocab_to = 128  # model vocab rounded up for fast, evenly sharded embeddings
 
   # Optimization.
@@ -88,6 +90,7 @@ class RunConfig:
   model_family: str
   model: object  # the family's frozen config (vocab_size may be 0: set from the tokenizer)
   objective: str
+  masking: MaskingConfig
   data: DataConfig
   tokenizer: TokenizerConfig
   optim: optim.OptimConfig
@@ -117,6 +120,7 @@ def from_config_dict(c: ml_collections.ConfigDict) -> RunConfig:
     model_family=c.model_family,
     model=model,
     objective=c.objective or family.objective,
+    masking=MaskingConfig(**c.masking.to_dict()),
     data=DataConfig(
       dataset=c.dataset,
       data_dir=c.data_dir,

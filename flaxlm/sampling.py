@@ -32,7 +32,8 @@ def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
     probs = jax.nn.softmax(sorted_logits, axis=-1)
     # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
     before = jnp.cumsum(probs, axis=-1) - probs
-    cutoff_index = jnp.sum(before < top_p, axis=-1, keepdims=True) - 1
+    # At least index 0: with top_p <= 0 nothing is "before" it, and -1 would wrap to the end.
+    cutoff_index = jnp.maximum(jnp.sum(before < top_p, axis=-1, keepdims=True) - 1, 0)
     cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
     logits = jnp.where(logits < cutoff, -jnp.inf, logits)
   return logits
@@ -104,10 +105,12 @@ def sample_text(
   model = trainable.model
   limit = getattr(model.config, "max_len", None)
   position = getattr(model.config, "position", "")
-  if position == "learned" and limit and len(ids) + config.max_new_tokens > limit:
+  # Learned and sinusoidal positions are tables of max_len rows; JAX would clamp a position
+  # past the end silently. RoPE has no such limit.
+  if position in ("learned", "sinusoidal") and limit and len(ids) + config.max_new_tokens > limit:
     raise ValueError(
       f"prompt ({len(ids)} tokens) + {config.max_new_tokens} new tokens exceeds the model's "
-      f"max_len={limit} learned positions; ask for fewer tokens"
+      f"max_len={limit} {position} positions; ask for fewer tokens"
     )
   if tokenizer.eos_id is not None and config.eos_id is None:
     config = dataclasses.replace(config, eos_id=tokenizer.eos_id)

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import signal
+import time
 
 import jax
 import numpy as np
@@ -21,7 +22,7 @@ from flaxlm import checkpoint, metrics, optim, sharding
 from flaxlm.config import RunConfig
 from flaxlm.data import pipeline, tokenizers
 from flaxlm.models import registry
-from flaxlm.objectives import OBJECTIVES
+from flaxlm.objectives import Objective, make_objective
 from flaxlm.training import Trainable
 
 log = logging.getLogger("flaxlm")
@@ -35,8 +36,13 @@ def round_up(n: int, multiple: int) -> int:
   return n if multiple <= 1 else -(-n // multiple) * multiple
 
 
-def build(run: RunConfig, vocab_size: int, mesh=None) -> Trainable:
-  """Model + optimizer + sharded layout for this run, with the model vocab fitted to the tokenizer."""
+def build(
+  run: RunConfig, vocab_size: int, mesh=None, objective: Objective | None = None
+) -> Trainable:
+  """Model + optimizer + sharded layout for this run, with the model vocab fitted to the tokenizer.
+
+  `objective` defaults to the run's objective built without a tokenizer (enough for causal LM;
+  masked LM needs the tokenizer's special ids: pass `make_objective(..., tokenizer, ...)`)."""
   model_config = run.model
   if not model_config.vocab_size:
     model_config = dataclasses.replace(
@@ -47,8 +53,7 @@ def build(run: RunConfig, vocab_size: int, mesh=None) -> Trainable:
       f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's {vocab_size}; "
       "set --config.model.vocab_size=0 to size it from the tokenizer"
     )
-  if run.objective not in OBJECTIVES:
-    raise ValueError(f"objective {run.objective!r} is unknown; known: {sorted(OBJECTIVES)}")
+  objective = objective or make_objective(run.objective, None, run.masking, run.data.seq_len)
   mesh = mesh or sharding.make_mesh(run.mesh)
   dp = sharding.data_parallel_size(mesh)
   if run.batch_size % (dp * run.step.accum_steps):
@@ -62,7 +67,7 @@ def build(run: RunConfig, vocab_size: int, mesh=None) -> Trainable:
     schedule=optim.schedule(run.optim),
     mesh=mesh,
     rules=sharding.rules_from_config(run.logical_axis_rules),
-    objective=OBJECTIVES[run.objective],
+    objective=objective.loss,
     step_config=run.step,
     init_shape=(dp, min(run.data.seq_len, 8)),
   )
@@ -120,7 +125,8 @@ def train(run: RunConfig, workdir: str, config_json: dict | None = None) -> dict
   corpus = pipeline.load_corpus(
     run.data, run.tokenizer, os.path.join(workdir, "data"), saved_tokenizer
   )
-  trainable = build(run, corpus.tokenizer.vocab_size)
+  objective = make_objective(run.objective, corpus.tokenizer, run.masking, run.data.seq_len)
+  trainable = build(run, corpus.tokenizer.vocab_size, objective=objective)
   if meta and meta.get("model") != model_config_json(trainable):
     raise checkpoint.CheckpointMismatchError(
       f"the checkpoint in {ckpt.directory} was trained with model {meta.get('model')}, but this run "
@@ -133,13 +139,15 @@ def train(run: RunConfig, workdir: str, config_json: dict | None = None) -> dict
     state = trainable.init_state(run.seed)
   start = int(jax.device_get(state.step))
 
-  data_iter = iter(pipeline.train_dataset(corpus.train, run.data, run.batch_size).to_iter_dataset())
+  data_iter = iter(
+    pipeline.train_dataset(corpus.train, run.data, run.batch_size, objective).to_iter_dataset()
+  )
   data_iter.set_state({"next_index": start} if not meta else meta["data_iterator"])
   batch_sharding = sharding.batch_sharding(trainable.mesh)
   eval_set = [
     pipeline.to_global(b, batch_sharding)
     for b in pipeline.eval_batches(
-      corpus.validation, run.data, run.eval_batch_size, run.eval_batches
+      corpus.validation, run.data, run.eval_batch_size, run.eval_batches, objective
     )
   ]
 
@@ -173,6 +181,7 @@ def train(run: RunConfig, workdir: str, config_json: dict | None = None) -> dict
     }
 
   pending, last, step = [], {}, start
+  started = time.time()  # wall clock of this process's loop: compile and evals included
   try:
     while step < run.num_train_steps:
       batch = pipeline.to_global(next(data_iter), batch_sharding)
@@ -191,6 +200,7 @@ def train(run: RunConfig, workdir: str, config_json: dict | None = None) -> dict
       last = _check_finite(jax.device_get(pending), step - len(pending) + 1, ckpt)
       pending = []
       last.update(throughput.measure())
+      last["elapsed_sec"] = time.time() - started
       if do_eval:
         throughput.pause()
         last.update(evaluate(trainable, state.params, eval_set))
@@ -202,6 +212,8 @@ def train(run: RunConfig, workdir: str, config_json: dict | None = None) -> dict
         ckpt.save(step, state, meta_now(step), force=is_last)
         throughput.resume()
       if stop.received:
+        if not do_save:  # the signal came after is_last was read (during eval or logging)
+          ckpt.save(step, state, meta_now(step), force=True)
         log.warning("received %s: saved step %d, exiting", stop.received, step)
         break
   finally:
@@ -228,7 +240,9 @@ def load_trained(workdir: str, mesh=None) -> tuple[Trainable, object, object]:
 
   from flaxlm.config import from_config_dict
 
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  ckpt = checkpoint.Checkpointer(
+    os.path.join(workdir, "checkpoints"), async_save=False, create=False
+  )
   try:
     meta = ckpt.restore_meta()
     if meta is None:
@@ -245,6 +259,11 @@ def load_trained(workdir: str, mesh=None) -> tuple[Trainable, object, object]:
       step=dataclasses.replace(run.step, accum_steps=1),
     )
     mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    if run.objective != "causal_lm":
+      raise ValueError(
+        f"{workdir} holds a {meta['model_family']} model trained with {run.objective!r}; "
+        "only decoder (causal_lm) models generate text"
+      )
     trainable = build(run, tokenizer.vocab_size, mesh)
     state = ckpt.restore_state(trainable.abstract_state)
   finally:

@@ -8,6 +8,8 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -28,3 +30,75 @@ def pytest_collection_modifyitems(config, items):
 def tfds_dir(tmp_path_factory):
   """A TFDS cache shared by the tests of one session (building python-docs takes ~1 s)."""
   return str(tmp_path_factory.getbasetemp() / "tfds")
+
+
+class Scripts:
+  """Runs train.py / generate.py as a user would: a subprocess in the repository root.
+
+  `devices` emulated CPU devices per process (the conftest's 8 are for in-process tests). The
+  runs share one TFDS cache and one persistent XLA compilation cache, so only the first run
+  of each model shape pays for compiling (XLA:CPU takes seconds per program here)."""
+
+  # A 1-layer, 32-wide byte-level GPT: a step takes milliseconds.
+  TINY = (
+    "--config=configs/gpt_tiny.py",
+    "--config.tokenizer.kind=byte",
+    "--config.model.num_layers=1",
+    "--config.model.embed_dim=32",
+    "--config.model.num_heads=2",
+    "--config.model.mlp_dim=64",
+    "--config.seq_len=32",
+    "--config.batch_size=8",
+    "--config.eval_batches=1",
+    "--config.eval_batch_size=8",
+    "--config.sample_tokens=0",
+    "--config.log_every=1",
+  )
+
+  def __init__(self, data_dir: str, compile_cache: str):
+    self.data_dir, self.compile_cache = data_dir, compile_cache
+
+  def env(self, devices: int = 1) -> dict:
+    env = dict(os.environ)
+    env.update(
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+      JAX_PLATFORMS="cpu",
+      JAX_COMPILATION_CACHE_DIR=self.compile_cache,
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+      TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    return env
+
+  def args(self, script: str | tuple, *args: str, tiny: bool = True) -> list[str]:
+    """`script` is a path, or a tuple of interpreter arguments such as ('-c', code)."""
+    extra = (*self.TINY, f"--config.data_dir={self.data_dir}") if tiny else ()
+    script = (script,) if isinstance(script, str) else tuple(script)
+    return [sys.executable, *script, *extra, *args]
+
+  def start(self, script: str | tuple, *args: str, devices: int = 1, tiny: bool = True, **kw):
+    """A running process (stdout and stderr to pipes unless given)."""
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
+    return subprocess.Popen(
+      self.args(script, *args, tiny=tiny), cwd=REPO, env=self.env(devices), text=True, **kw
+    )
+
+  def run(
+    self, script: str | tuple, *args: str, devices: int = 1, tiny: bool = True, timeout: int = 300
+  ):
+    """The finished process (`returncode`, `stdout`, `stderr`)."""
+    return subprocess.run(
+      self.args(script, *args, tiny=tiny),
+      cwd=REPO,
+      env=self.env(devices),
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def scripts(tmp_path_factory) -> Scripts:
+  base = tmp_path_factory.getbasetemp()
+  return Scripts(str(base / "tfds"), str(base / "xla_cache"))

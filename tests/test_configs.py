@@ -2,12 +2,14 @@
 
 import importlib.util
 import pathlib
+import types
 
 import jax
 import pytest
 
 from flaxlm import sharding
 from flaxlm.config import from_config_dict
+from flaxlm.objectives import make_objective
 from flaxlm.trainer import build
 
 CONFIGS = sorted((pathlib.Path(__file__).parent.parent / "configs").glob("*.py"))
@@ -22,7 +24,7 @@ def load(path):
 
 def test_configs_exist():
   names = {p.stem for p in CONFIGS}
-  assert {"gpt_tiny", "shakespeare_char", "gpt2_small", "llama_1b"} <= names
+  assert {"gpt_tiny", "shakespeare_char", "gpt2_small", "llama_1b", "bert_tiny"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -37,7 +39,12 @@ def test_config_builds_abstract_state(path):
   n = next(n for n in (8, 4, 2, 1) if run.batch_size % n == 0)
   mesh = sharding.make_mesh(run.mesh, jax.devices()[:n])
   vocab = run.tokenizer.vocab_size if run.tokenizer.kind == "sentencepiece" else 256
-  trainable = build(run, vocab, mesh)
+  # Stands in for the tokenizer a run trains: the reserved ids of its special_tokens layout.
+  tokenizer = types.SimpleNamespace(
+    vocab_size=vocab, special_ids={"pad": 0, "unk": 1, "cls": 3, "sep": 4, "mask": 5}
+  )
+  objective = make_objective(run.objective, tokenizer, run.masking, run.data.seq_len)
+  trainable = build(run, vocab, mesh, objective)
   state = trainable.abstract_state
   shardings = trainable.state_shardings
   n_params = sum(x.size for x in jax.tree.leaves(state.params))

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from flaxlm.data import sources, tokenizers
+from flaxlm.objectives import Objective, causal_lm_objective, lm_example  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,7 @@ class DataConfig:
   seq_len: int = 128
   window_stride: int = 0  # 0 = seq_len (packed, no overlap)
   val_fraction: float = 0.1  # tail of the token stream held out when the source has no split
+  eval_dataset: str = ""  # a separate dataset string for validation ('' = held-out split)
   seed: int = 0
 
 
@@ -64,6 +66,7 @@ def load_corpus(
   stamp = {
     "dataset": config.dataset,
     "val_fraction": config.val_fraction,
+    "eval_dataset": config.eval_dataset,
     "tokenizer": dataclasses.asdict(tok_config),
   }
   stamp_path = os.path.join(cache_dir, "corpus.json")
@@ -79,6 +82,9 @@ def load_corpus(
   source = sources.open_source(config.dataset, tfds_dir(config), config.text_feature)
   train_docs = source.documents("train")
   val_docs = source.documents("validation") if "validation" in source.splits else None
+  if config.eval_dataset:  # e.g. held-out text from another corpus, never trained on
+    val_docs = sources.open_source(config.eval_dataset, tfds_dir(config), config.text_feature)
+    val_docs = val_docs.documents("validation" if "validation" in val_docs.splits else "train")
   if tokenizer is None:
     tokenizer = tokenizers.train_tokenizer(
       tok_config, train_docs + (val_docs or []) if tok_config.kind == "char" else train_docs
@@ -128,33 +134,38 @@ class Windows:
     return self.tokens[start : start + self.length]
 
 
-def lm_example(window: np.ndarray) -> dict[str, np.ndarray]:
-  """A window of T + 1 tokens -> next-token inputs/targets (T,)."""
-  return {
-    "inputs": window[:-1],
-    "targets": window[1:],
-    "weights": np.ones(len(window) - 1, np.float32),
-  }
-
-
-def train_dataset(tokens: np.ndarray, config: DataConfig, global_batch: int) -> grain.MapDataset:
+def train_dataset(
+  tokens: np.ndarray, config: DataConfig, global_batch: int, objective: Objective | None = None
+) -> grain.MapDataset:
   """Infinite, per-epoch reshuffled batches; dataset[s] is the global batch of step s."""
-  windows = Windows(tokens, config.seq_len + 1, config.window_stride or config.seq_len)
+  objective = objective or causal_lm_objective()
+  length = objective.window_length(config.seq_len)
+  windows = Windows(tokens, length, config.window_stride or min(length, config.seq_len))
   return (
     grain.MapDataset.source(windows)
     .shuffle(seed=config.seed)
     .repeat()
-    .map(lm_example)
+    .random_map(objective.example, seed=config.seed)
     .batch(global_batch, drop_remainder=True)
   )
 
 
 def eval_batches(
-  tokens: np.ndarray, config: DataConfig, batch: int, num_batches: int
+  tokens: np.ndarray,
+  config: DataConfig,
+  batch: int,
+  num_batches: int,
+  objective: Objective | None = None,
 ) -> list[dict]:
   """The first `num_batches` non-overlapping validation batches, in order (a fixed eval set)."""
-  windows = Windows(tokens, config.seq_len + 1, config.seq_len)
-  ds = grain.MapDataset.source(windows).map(lm_example).batch(batch, drop_remainder=True)
+  objective = objective or causal_lm_objective()
+  length = objective.window_length(config.seq_len)
+  windows = Windows(tokens, length, min(length, config.seq_len))
+  ds = (
+    grain.MapDataset.source(windows)
+    .random_map(objective.example, seed=config.seed + 1)
+    .batch(batch, drop_remainder=True)
+  )
   n = min(num_batches, len(ds))
   if n == 0:
     raise ValueError(

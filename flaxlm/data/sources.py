@@ -75,13 +75,19 @@ def _as_str(x) -> str:
 
 
 def _local_builder(name: str, documents: list[str], data_dir: str):
-  builder = LocalText(
-    documents=documents,
-    data_dir=data_dir,
-    config=tfds.core.BuilderConfig(name=name),
-    file_format="array_record",
-  )
-  builder.download_and_prepare()
+  def make():
+    return LocalText(
+      documents=documents,
+      data_dir=data_dir,
+      config=tfds.core.BuilderConfig(name=name),
+      file_format="array_record",
+    )
+
+  builder = make()
+  try:
+    builder.download_and_prepare()
+  except FileExistsError:  # another process sharing data_dir (multi-process run) finished first
+    builder = make()
   return builder.as_data_source(split="train")
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from flaxlm.models import gpt
+from flaxlm.models import bert, gpt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +23,7 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
   "gpt": Family("gpt", gpt.GPTConfig, gpt.PRESETS, gpt.GPT, gpt.flops_per_token, "causal_lm"),
+  "bert": Family("bert", bert.BertConfig, bert.PRESETS, bert.Bert, bert.flops_per_token, "mlm"),
 }
 
 

@@ -1,0 +1,243 @@
+"""The BERT encoder and the masked-LM objective: masking statistics, bidirectionality,
+padding, the masked-positions-only head, and sharded-equals-single-device training."""
+
+import dataclasses
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from flaxlm import objectives, sharding
+from flaxlm.models import bert
+from flaxlm.objectives import LossConfig, MaskingConfig
+from flaxlm.training import StepConfig, Trainable
+
+VOCAB, B, T = 96, 8, 32
+PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
+TOKENIZER = types.SimpleNamespace(
+  vocab_size=VOCAB, special_ids={"pad": PAD, "unk": UNK, "cls": CLS, "sep": SEP, "mask": MASK}
+)
+TINY = bert.BertConfig(
+  vocab_size=VOCAB,
+  num_layers=2,
+  num_heads=2,
+  embed_dim=32,
+  mlp_dim=64,
+  max_len=T,
+  dropout_rate=0.0,
+)
+
+
+def tokens_batch(seed=0, batch=B, pad_from=None):
+  """[CLS] ordinary tokens [SEP] rows, optionally padded from column `pad_from`."""
+  rng = np.random.default_rng(seed)
+  x = rng.integers(5, VOCAB, (batch, T)).astype(np.int32)
+  x[:, 0], x[:, -1] = CLS, SEP
+  if pad_from is not None:
+    x[:, pad_from:] = PAD
+  return x
+
+
+def mask_draws(tokens, masking=MaskingConfig(), seed=0):
+  """Stacked (positions, weights, inputs, targets) of the objective's host-side masking."""
+  obj = objectives.make_objective("mlm", TOKENIZER, masking, seq_len=T)
+  rng = np.random.default_rng(seed)
+  rows = [obj.example(row[1:-1], rng) for row in tokens]  # the example adds [CLS] ... [SEP]
+  out = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  return out["positions"], out["weights"], out["inputs"], out["targets"]
+
+
+def test_masking_rate_and_80_10_10_split():
+  """Over many draws: 15% of ordinary tokens chosen; of those ~80% [MASK], ~10% random, ~10% kept."""
+  tokens = tokens_batch(batch=512)
+  positions, weights, inputs, targets = mask_draws(tokens)
+  chosen = weights > 0
+  n_ordinary = T - 2
+  assert np.all(chosen.sum(1) == round(0.15 * n_ordinary))
+  original = np.take_along_axis(tokens, positions, 1)
+  np.testing.assert_array_equal(targets, original)
+  original = original[chosen]
+  new = np.take_along_axis(inputs, positions, 1)[chosen]
+  masked = np.mean(new == MASK)
+  kept = np.mean(new == original)
+  randomized = 1 - masked - kept
+  # ~2,300 draws: the standard error of each share is < 1%.
+  assert abs(masked - 0.8) < 0.03, masked
+  assert abs(kept - (0.1 + 0.1 / (VOCAB - 5))) < 0.025, kept  # random can redraw the original
+  assert abs(randomized - 0.1) < 0.025, randomized
+  # Nothing outside the chosen slots changed.
+  untouched = inputs.copy()
+  rows = np.arange(len(tokens))[:, None]
+  untouched[rows, positions] = np.take_along_axis(tokens, positions, 1)
+  np.testing.assert_array_equal(untouched, tokens)
+
+
+def test_special_tokens_and_padding_never_chosen_or_drawn():
+  tokens = tokens_batch(batch=256, pad_from=20)
+  positions, weights, inputs, _ = mask_draws(tokens, seed=3)
+  chosen_tokens = np.take_along_axis(tokens, positions, 1)[weights > 0]
+  assert not np.isin(chosen_tokens, [PAD, UNK, CLS, SEP, MASK]).any()
+  # random replacements are ordinary tokens only
+  new = np.take_along_axis(inputs, positions, 1)[weights > 0]
+  assert not np.isin(new, [PAD, UNK, CLS, SEP]).any()
+  assert np.all((weights > 0).sum(1) == round(0.15 * 18))
+
+
+def test_masks_are_fresh_per_draw_and_reproducible():
+  """Dynamic masking: another generator state gives another mask; the same one repeats."""
+  tokens = tokens_batch()
+  a = mask_draws(tokens, seed=1)[0]
+  np.testing.assert_array_equal(a, mask_draws(tokens, seed=1)[0])
+  assert not np.array_equal(a, mask_draws(tokens, seed=2)[0])
+
+
+def test_pipeline_remasks_each_epoch_and_resumes_exactly():
+  """Through Grain: a sequence seen again in a later epoch gets a new mask; batch s is a
+  pure function of (seed, s)."""
+  from flaxlm.data import pipeline
+
+  obj = objectives.make_objective("mlm", TOKENIZER, MaskingConfig(), seq_len=T)
+  stream = np.random.default_rng(0).integers(5, VOCAB, 4 * (T - 2)).astype(np.int32)
+  config = pipeline.DataConfig(seq_len=T, seed=0)
+  ds = pipeline.train_dataset(stream, config, 4, obj)  # one batch = one epoch of 4 windows
+  first, second = ds[0], ds[1]
+  order = lambda b: np.argsort(b["targets"][:, 0] * 0 + b["inputs"][:, 1:].sum(1))
+  assert not np.array_equal(first["positions"][order(first)], second["positions"][order(second)])
+  again = pipeline.train_dataset(stream, config, 4, obj)[1]
+  for k in second:
+    np.testing.assert_array_equal(second[k], again[k])
+
+
+def test_whole_word_masking_takes_whole_words():
+  """With word starts, every chosen word is taken whole (only the last word may be cut)."""
+  rng = np.random.default_rng(0)
+  word_start = (rng.random(VOCAB) < 0.4).astype(np.int32)
+  word_start[[CLS, SEP]] = 1
+  tokens = tokens_batch(batch=64)
+  special = np.array([PAD, UNK, CLS, SEP, MASK])
+  for row in tokens:
+    ex = objectives.mask_example(
+      row, rng, MaskingConfig(whole_word=True), special, MASK, np.arange(5, VOCAB), word_start, 8
+    )
+    word_ids = np.cumsum(word_start[row])
+    chosen = ex["positions"][ex["weights"] > 0]
+    words = word_ids[chosen]
+    for w in set(words) - {words[-1]}:
+      members = np.flatnonzero((word_ids == w) & ~np.isin(row, special))
+      assert set(members) <= set(chosen), w
+
+
+def init(config=TINY, seed=0):
+  model = bert.Bert(config)
+  return model, model.init(jax.random.PRNGKey(seed), jnp.zeros((1, T), jnp.int32))["params"]
+
+
+def test_encoder_is_bidirectional():
+  """Changing a later token changes the hidden state of earlier positions."""
+  model, params = init()
+  x = tokens_batch(batch=2)
+  y = x.copy()
+  y[:, 20] = (y[:, 20] + 1 - 5) % (VOCAB - 5) + 5
+  hx = model.apply({"params": params}, x)["hidden"]
+  hy = model.apply({"params": params}, y)["hidden"]
+  assert np.abs(np.asarray(hx[:, :20] - hy[:, :20])).max() > 1e-4
+
+
+def test_padding_does_not_change_real_positions():
+  """With segment_ids marking padding, what sits in the padded slots has no effect."""
+  model, params = init()
+  x = tokens_batch(batch=2, pad_from=24)
+  seg = (x != PAD).astype(np.int32)
+  y = x.copy()
+  y[:, 24:] = 7  # garbage where padding was
+  hx = model.apply({"params": params}, x, segment_ids=seg)["hidden"]
+  hy = model.apply({"params": params}, y, segment_ids=seg)["hidden"]
+  np.testing.assert_allclose(hx[:, :24], hy[:, :24], atol=1e-6)
+
+
+def test_masked_positions_head_equals_full_head():
+  model, params = init()
+  x = tokens_batch(batch=2)
+  pos = jnp.asarray([[1, 5, 9], [30, 2, 2]])
+  full = model.apply({"params": params}, x)["mlm_logits"]
+  some = model.apply({"params": params}, x, mlm_positions=pos)["mlm_logits"]
+  np.testing.assert_allclose(
+    some, np.take_along_axis(np.asarray(full), np.asarray(pos)[..., None], 1), atol=1e-5
+  )
+
+
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_type_ids_and_nsp_head(norm_position):
+  config = dataclasses.replace(TINY, norm_position=norm_position)
+  model, params = init(config)
+  x = tokens_batch(batch=2)
+  types_ = np.zeros_like(x)
+  types_[:, 16:] = 1
+  a = model.apply({"params": params}, x)
+  b = model.apply({"params": params}, x, type_ids=types_)
+  assert a["nsp_logits"].shape == (2, 2) and a["pooled"].shape == (2, 32)
+  assert np.abs(np.asarray(a["hidden"] - b["hidden"])).max() > 1e-4
+
+
+def mlm_batch(seed=0):
+  obj = objectives.make_objective("mlm", TOKENIZER, MaskingConfig(), seq_len=T)
+  rng = np.random.default_rng(seed)
+  rows = [obj.example(row[1:-1], rng) for row in tokens_batch(seed)]
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def test_mlm_loss_counts_only_chosen_positions():
+  obj = objectives.make_objective("mlm", TOKENIZER, MaskingConfig(), seq_len=T)
+  model, params = init()
+  sums = obj.loss(model, params, mlm_batch(), jax.random.PRNGKey(0), True, LossConfig())
+  assert float(sums["weight_sum"]) == B * round(0.15 * (T - 2))
+  assert np.isfinite(float(sums["loss_sum"]))
+
+
+def test_mlm_needs_special_tokens():
+  plain = types.SimpleNamespace(vocab_size=VOCAB, special_ids={"pad": 0, "eos": 1})
+  with pytest.raises(ValueError, match="special_tokens=bert"):
+    objectives.make_objective("mlm", plain, MaskingConfig(), seq_len=T)
+
+
+def make_trainable(mesh, scan=False):
+  config = dataclasses.replace(TINY, scan_layers=scan, dropout_rate=0.1)
+  obj = objectives.make_objective("mlm", TOKENIZER, MaskingConfig(), seq_len=T)
+  return Trainable(
+    model=bert.Bert(config),
+    # SGD: Adam's m / sqrt(v) turns float reassociation in near-zero gradients into
+    # lr-sized differences, which would hide real ones.
+    tx=optax.sgd(0.5),
+    schedule=optax.constant_schedule(0.5),
+    mesh=mesh,
+    rules=sharding.DEFAULT_RULES,
+    objective=obj.loss,
+    step_config=StepConfig(),
+    init_shape=(1, 8),
+  )
+
+
+@pytest.mark.parametrize("axes", [(2, 2, 2), (1, 4, 2)])
+def test_sharded_mlm_steps_equal_single_device(axes):
+  """Three MLM steps (with dropout) on a mesh equal the 1-device steps."""
+  batch = mlm_batch()
+  results = []
+  for mesh in (
+    sharding.make_mesh({"data": 1}, jax.devices()[:1]),
+    sharding.make_mesh(dict(zip(("data", "fsdp", "tensor"), axes, strict=True)), jax.devices()[:8]),
+  ):
+    trainable = make_trainable(mesh, scan=True)
+    state = trainable.init_state(seed=0)
+    losses = []
+    for _ in range(3):
+      batch_on_mesh = jax.device_put(batch, sharding.batch_sharding(mesh))
+      state, m = trainable.train_step(state, batch_on_mesh)
+      losses.append(float(m["loss"]))
+    results.append((losses, jax.device_get(state.params)))
+  np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1]), strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+  assert results[0][0][2] < results[0][0][0]  # and it learns

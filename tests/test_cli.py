@@ -1,0 +1,160 @@
+"""train.py and generate.py as a user runs them: mistakes fail with one clear line, not a
+traceback, and never damage what a workdir already holds."""
+
+import dataclasses
+import hashlib
+import re
+
+import pytest
+
+from flaxlm.checkpoint import Checkpointer
+
+
+@dataclasses.dataclass
+class Result:
+  returncode: int
+  stdout: str
+  stderr: str
+
+
+# name -> (script, arguments, with the tiny run flags). `{d}` is a fresh directory per command.
+COMMANDS = {
+  "override_default": ("train.py", ["--workdir={d}", "--config.learning_rat=1e-3"], False),
+  "override_given": (
+    "train.py",
+    ["--config=configs/gpt_tiny.py", "--workdir={d}", "--config.learning_rat=1e-3"],
+    False,
+  ),
+  "bad_value": ("train.py", ["--workdir={d}", "--config.num_train_steps=many"], True),
+  "missing_config": ("train.py", ["--config=configs/no_such.py", "--workdir={d}"], False),
+  "missing_workdir": ("train.py", [], True),
+  "missing_text": ("train.py", ["--workdir={d}", "--config.dataset=text:/nonexistent/*.txt"], True),
+  "train_2_steps": ("train.py", ["--workdir={d}", "--config.num_train_steps=2"], True),
+  "generate_empty": ("generate.py", ["--workdir={d}"], False),
+  "generate_missing": ("generate.py", ["--workdir={d}/typo"], False),
+  "help": ("train.py", ["--help"], False),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(scripts, tmp_path_factory) -> dict:
+  """Every command above, started at once (each spends seconds importing JAX; the cores
+  overlap that): name -> (Result, its directory)."""
+  procs = {}
+  for name, (script, args, tiny) in COMMANDS.items():
+    d = tmp_path_factory.mktemp(name)
+    out, err = open(d.parent / f"{name}.out", "w+"), open(d.parent / f"{name}.err", "w+")
+    args = [a.format(d=d) for a in args]
+    procs[name] = (scripts.start(script, *args, tiny=tiny, stdout=out, stderr=err), out, err, d)
+  results = {}
+  for name, (proc, out, err, d) in procs.items():
+    proc.wait(timeout=300)
+    out.seek(0), err.seek(0)
+    results[name] = (Result(proc.returncode, out.read(), err.read()), d)
+    out.close(), err.close()
+  return results
+
+
+# A log line in cli.setup_logging's format ("12:00:00 flaxlm: ...") or Python's default.
+LOG_RECORD = re.compile(r"^(\d\d:\d\d:\d\d \S+|WARNING:\S+):")
+
+
+def error_lines(proc) -> list[str]:
+  """The non-empty stderr lines of a failed run, log records aside."""
+  assert proc.returncode not in (0, None), proc.stderr
+  return [ln for ln in proc.stderr.splitlines() if ln.strip() and not LOG_RECORD.match(ln)]
+
+
+def assert_one_line(proc, *needles: str) -> str:
+  lines = error_lines(proc)
+  assert "Traceback" not in proc.stderr, proc.stderr
+  assert len(lines) == 1, proc.stderr
+  for needle in needles:
+    assert needle in lines[0], lines[0]
+  return lines[0]
+
+
+@pytest.mark.parametrize("name", ["override_default", "override_given"])
+def test_unknown_override_suggests_the_key(runs, name):
+  """A misspelt --config.x fails with one line naming the closest key, with or without --config."""
+  proc, workdir = runs[name]
+  assert_one_line(proc, "bad config override", '"learning_rate"', "--config.learning_rat")
+  assert list(workdir.iterdir()) == []
+
+
+def test_bad_override_value(runs):
+  """A value of the wrong type names the flag and the problem."""
+  proc, _ = runs["bad_value"]
+  lines = error_lines(proc)
+  assert "Traceback" not in proc.stderr
+  assert any("--config.num_train_steps=many" in ln for ln in lines), proc.stderr
+
+
+def test_missing_config_file(runs):
+  """A config path that does not exist fails with one line naming it and where configs live."""
+  assert_one_line(runs["missing_config"][0], "configs/no_such.py", "configs/")
+
+
+def test_missing_workdir(runs):
+  """Without --workdir, train.py says that it is required and what goes there."""
+  assert_one_line(runs["missing_workdir"][0], "--workdir is required")
+
+
+def test_missing_text_dataset_names_the_path(runs):
+  """--config.dataset=text:<glob> matching nothing fails naming the glob; nothing is trained."""
+  proc, workdir = runs["missing_text"]
+  lines = error_lines(proc)
+  assert "Traceback" not in proc.stderr, proc.stderr
+  assert "/nonexistent/*.txt" in lines[-1] and "no file matches" in lines[-1]
+  assert not (workdir / "metrics.jsonl").exists()
+
+
+def digest(directory) -> dict:
+  return {
+    str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+    for p in sorted(directory.rglob("*"))
+    if p.is_file()
+  }
+
+
+def test_checkpoint_from_another_model_is_refused_and_kept(runs, scripts):
+  """Rerunning a workdir with a different model fails naming both models and leaves the
+  checkpoint, metrics and data cache as they were."""
+  first, workdir = runs["train_2_steps"]
+  assert first.returncode == 0, first.stderr
+  assert "final step 2" in first.stdout
+  before = digest(workdir)
+  assert any(name.startswith("checkpoints/2/") for name in before)
+
+  proc = scripts.run(
+    "train.py", f"--workdir={workdir}", "--config.num_train_steps=2", "--config.model.num_layers=3"
+  )
+  line = assert_one_line(proc, "fresh --workdir", "'num_layers': 1", "'num_layers': 3")
+  assert str(workdir / "checkpoints") in line
+  assert digest(workdir) == before
+
+  ckpt = Checkpointer(str(workdir / "checkpoints"))
+  assert ckpt.latest_step() == 2
+  assert ckpt.restore_meta()["model"]["num_layers"] == 1
+  ckpt.close()
+
+
+def test_generate_on_empty_workdir(runs):
+  """generate.py on a workdir without checkpoints says so and how to train one."""
+  proc, workdir = runs["generate_empty"]
+  assert_one_line(proc, "no checkpoint in", str(workdir), "python train.py")
+
+
+def test_generate_on_missing_workdir_creates_nothing(runs):
+  """A mistyped --workdir fails clearly and is not created as a side effect."""
+  proc, workdir = runs["generate_missing"]
+  assert_one_line(proc, "no checkpoint in", str(workdir / "typo"))
+  assert not (workdir / "typo").exists()
+
+
+def test_help_lists_the_flags(runs):
+  """--help prints the usage docstring and train.py's flags (the error lines point users to it)."""
+  proc, _ = runs["help"]
+  assert "python train.py --config=configs/" in proc.stdout
+  assert "--workdir" in proc.stdout
+  assert "Traceback" not in proc.stderr
