@@ -43,17 +43,19 @@ def main(argv):
       f"final step {result['step']}: loss {result.get('loss', float('nan')):.4f}, "
       f"eval_loss {result.get('eval_loss', float('nan')):.4f}"
     )
-  if (
-    run.sample_tokens and run.objective == "causal_lm"
-  ):  # every process takes part in the (sharded) sampling computation
-    text = sample_text(
-      result["trainable"],
-      result["state"].params,
-      result["tokenizer"],
-      run.sample_prompt,
-      SamplingConfig(run.sample_tokens, temperature=0.8, top_k=40),
-      seed=run.seed,
-    )
+  # Every process takes part in the (sharded) sampling computation.
+  if run.sample_tokens and run.objective == "causal_lm":
+    try:
+      text = sample_text(
+        result["trainable"],
+        result["state"].params,
+        result["tokenizer"],
+        run.sample_prompt,
+        SamplingConfig(run.sample_tokens, temperature=0.8, top_k=40),
+        seed=run.seed,
+      )
+    except ValueError as e:  # e.g. prompt + sample_tokens past max_len; the run is saved
+      sys.exit(f"train.py: training finished and was saved, but sampling failed: {e}")
     if jax.process_index() == 0:
       print("--- sample ---\n" + text + "\n--------------")
 

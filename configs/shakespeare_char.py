@@ -41,6 +41,6 @@ def get_config():
   c.eval_batches = 40  # 40 x 12 x 64 = 30,720 held-out characters
   c.eval_batch_size = 12
   c.checkpoint_every = 1000
-  c.sample_tokens = 300
+  c.sample_tokens = 57  # fills the 64-character context after the 7-character prompt
   c.sample_prompt = "ROMEO:\n"
   return c

@@ -66,10 +66,7 @@ class Bert(nn.Module):
   ):
     c = self.config
     dtype = c.compute_dtype
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    embedder = layers.Embedder(c.vocab_size, c.embed_dim, dtype=dtype, name="embed")
-    x = c.embed_positions(embedder(tokens), positions)
+    x, embedder, positions = c.embed_tokens(tokens, positions)
     if c.type_vocab_size > 1:
       types = nn.Embed(
         c.type_vocab_size,

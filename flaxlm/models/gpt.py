@@ -74,11 +74,7 @@ class GPT(nn.Module):
   ):
     c = self.config
     dtype = c.compute_dtype
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    embedder = layers.Embedder(c.vocab_size, c.embed_dim, dtype=dtype, name="embed")
-    x = embedder(tokens)  # (B, T, D)
-    x = c.embed_positions(x, positions)
+    x, embedder, positions = c.embed_tokens(tokens, positions)  # (B, T, D)
     x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, layers.ACT_BTD)
     # In decode mode the cache supplies causality; otherwise compare positions.

@@ -82,6 +82,11 @@ class TransformerConfig:
     return self.head_dim or self.embed_dim // self.num_heads
 
   @property
+  def residual_init_std(self) -> float:
+    """GPT-2's init for projections into the residual stream: 0.02 / sqrt(2 * layers)."""
+    return 0.02 / (2 * self.num_layers) ** 0.5
+
+  @property
   def compute_dtype(self):
     return DTYPES[self.dtype]
 
@@ -96,11 +101,21 @@ class TransformerConfig:
       rope_theta=self.rope_theta,
       attention_impl=self.attention_impl,
       dtype=self.compute_dtype,
-      out_init_std=0.02 / (2 * self.num_layers) ** 0.5,
+      out_init_std=self.residual_init_std,
     )
 
   def norm_layer(self, name: str) -> nn.Module:
     return layers.make_norm(self.norm, self.use_bias, self.norm_eps, self.compute_dtype, name)
+
+  def embed_tokens(self, tokens, positions=None):
+    """(x (B, T, D), embedder, positions): token plus absolute position embeddings, with
+    positions defaulting to 0..T-1. Must be called from a compact method."""
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    embedder = layers.Embedder(
+      self.vocab_size, self.embed_dim, dtype=self.compute_dtype, name="embed"
+    )
+    return self.embed_positions(embedder(tokens), positions), embedder, positions
 
   def embed_positions(self, x, positions, name: str = "pos_embed"):
     """Adds learned or sinusoidal absolute positions (RoPE and relative act in attention).
@@ -160,7 +175,7 @@ class Block(nn.Module):
       use_bias=c.use_bias,
       dropout_rate=c.dropout_rate,
       dtype=c.compute_dtype,
-      out_init_std=0.02 / (2 * c.num_layers) ** 0.5,
+      out_init_std=c.residual_init_std,
       name="mlp",
     )
     x = residual(x, "mlp", lambda h: mlp(h, self.deterministic))
