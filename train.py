@@ -39,12 +39,11 @@ def main(argv):
   except (FileNotFoundError, CheckpointMismatchError, TrainingDivergedError) as e:
     sys.exit(f"train.py: {e}")  # the message says what to do; a traceback would bury it
   if jax.process_index() == 0:
-    print(
-      f"final step {result['step']}: loss {result.get('loss', float('nan')):.4f}, "
-      f"eval_loss {result.get('eval_loss', float('nan')):.4f}"
-    )
+    shown = [f"{k} {result[k]:.4f}" for k in ("loss", "eval_loss", "eval_accuracy") if k in result]
+    stopped = " (interrupted; rerun the same command to resume)" if result["interrupted"] else ""
+    print(f"final step {result['step']}: {', '.join(shown)}{stopped}")
   # Every process takes part in the (sharded) sampling computation.
-  if run.sample_tokens and run.objective == "causal_lm":
+  if run.sample_tokens and run.objective == "causal_lm" and not result["interrupted"]:
     try:
       text = sample_text(
         result["trainable"],

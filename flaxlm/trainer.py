@@ -223,6 +223,7 @@ def train(run: RunConfig, workdir: str, config_json: dict | None = None) -> dict
     ckpt.close()
   return {
     "step": step,
+    "interrupted": stop.received is not None,  # SIGTERM/SIGINT: saved and stopped early
     **last,
     "state": state,
     "trainable": trainable,
