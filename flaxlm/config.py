@@ -128,6 +128,7 @@ def from_config_dict(c: ml_collections.ConfigDict) -> RunConfig:
       seq_len=c.seq_len,
       window_stride=c.window_stride,
       val_fraction=c.val_fraction,
+      eval_dataset=c.eval_dataset,
       seed=c.seed,
     ),
     tokenizer=TokenizerConfig(**c.tokenizer.to_dict()),

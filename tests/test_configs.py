@@ -53,3 +53,15 @@ def test_config_builds_abstract_state(path):
   for leaf, s in zip(jax.tree.leaves(state.params), jax.tree.leaves(shardings.params), strict=True):
     assert s.mesh.shape == mesh.shape
     s.shard_shape(leaf.shape)  # raises if the sharding does not divide the shape
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_data_keys_reach_the_run(path):
+  """Every DataConfig field is taken from the config key of the same name (a key that is
+  read nowhere would silently keep its default, e.g. evaluating on the wrong text)."""
+  import dataclasses
+
+  config = load(path)
+  run = from_config_dict(config)
+  for field in dataclasses.fields(run.data):
+    assert getattr(run.data, field.name) == config[field.name], field.name
