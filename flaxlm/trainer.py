@@ -16,10 +16,11 @@ import signal
 import time
 
 import jax
+import ml_collections
 import numpy as np
 
 from flaxlm import checkpoint, metrics, optim, sharding
-from flaxlm.config import RunConfig
+from flaxlm.config import RunConfig, from_config_dict
 from flaxlm.data import pipeline, tokenizers
 from flaxlm.models import registry
 from flaxlm.objectives import Objective, make_objective
@@ -237,10 +238,6 @@ def load_trained(workdir: str, mesh=None) -> tuple[Trainable, object, object]:
   The run config, model config and tokenizer all come from the checkpoint itself, so the
   tokenizer is always the one the model was trained with. `mesh` defaults to one device.
   """
-  import ml_collections
-
-  from flaxlm.config import from_config_dict
-
   ckpt = checkpoint.Checkpointer(
     os.path.join(workdir, "checkpoints"), async_save=False, create=False
   )

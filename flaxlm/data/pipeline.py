@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from flaxlm.data import sources, tokenizers
-from flaxlm.objectives import Objective, causal_lm_objective, lm_example  # noqa: F401
+from flaxlm.objectives import Objective, causal_lm_objective
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,13 +134,19 @@ class Windows:
     return self.tokens[start : start + self.length]
 
 
+def _windows(tokens: np.ndarray, config: DataConfig, objective: Objective, stride: int) -> Windows:
+  """The objective's windows over `tokens`; stride 0 packs them (consecutive causal windows
+  share one token: the last target is the next window's first input)."""
+  length = objective.window_length(config.seq_len)
+  return Windows(tokens, length, stride or min(length, config.seq_len))
+
+
 def train_dataset(
   tokens: np.ndarray, config: DataConfig, global_batch: int, objective: Objective | None = None
 ) -> grain.MapDataset:
   """Infinite, per-epoch reshuffled batches; dataset[s] is the global batch of step s."""
   objective = objective or causal_lm_objective()
-  length = objective.window_length(config.seq_len)
-  windows = Windows(tokens, length, config.window_stride or min(length, config.seq_len))
+  windows = _windows(tokens, config, objective, config.window_stride)
   return (
     grain.MapDataset.source(windows)
     .shuffle(seed=config.seed)
@@ -159,8 +165,7 @@ def eval_batches(
 ) -> list[dict]:
   """The first `num_batches` non-overlapping validation batches, in order (a fixed eval set)."""
   objective = objective or causal_lm_objective()
-  length = objective.window_length(config.seq_len)
-  windows = Windows(tokens, length, min(length, config.seq_len))
+  windows = _windows(tokens, config, objective, stride=0)
   ds = (
     grain.MapDataset.source(windows)
     .random_map(objective.example, seed=config.seed + 1)
