@@ -1,7 +1,15 @@
-"""Sample text from a trained workdir's newest checkpoint (KV-cache decoding).
+"""Generate from a trained workdir's newest checkpoint (KV-cache decoding).
 
+Decoder-only models (GPT) continue a prompt:
   python generate.py --workdir=/tmp/flaxlm_tiny --prompt="The " --max_new_tokens=200 \
       [--temperature=0.8] [--top_k=40] [--top_p=0.95] [--greedy] [--num_samples=2] [--seed=0]
+
+Encoder-decoder models (T5, Transformer) map each source line to a target line, with beam
+search (--beam_size=4 --alpha=0.6), greedy decoding (--beam_size=0 --greedy) or sampling;
+with --reference_file they print sacreBLEU (detokenized) against it:
+  python generate.py --workdir=/tmp/mt --input_file=val.en --reference_file=val.de \
+      --beam_size=4 [--output_file=hyp.de] [--max_new_tokens=64]
+  python generate.py --workdir=/tmp/mt --prompt="A dog runs on the beach." --beam_size=4
 
 The tokenizer and model config are read from the checkpoint, never from the current config.
 """
@@ -10,13 +18,14 @@ import sys
 
 from absl import flags
 
-from flaxlm import cli
+from flaxlm import cli, seq2seq_decoding
+from flaxlm.models.bert import Bert
 from flaxlm.sampling import SamplingConfig, sample_text
 from flaxlm.trainer import load_trained
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a train.py workdir holding checkpoints/.")
-_PROMPT = flags.DEFINE_string("prompt", "", "text to continue ('' starts from scratch).")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 200, "tokens to generate.")
+_PROMPT = flags.DEFINE_string("prompt", "", "text to continue, or (encoder-decoder) to map.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 200, "tokens to generate at most.")
 _TEMPERATURE = flags.DEFINE_float(
   "temperature", 0.8, "softmax temperature (ignored with --greedy)."
 )
@@ -25,6 +34,56 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "nucleus sampling: keep the smallest s
 _GREEDY = flags.DEFINE_bool("greedy", False, "always take the most likely token.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "independent samples, decoded as one batch.")
 _SEED = flags.DEFINE_integer("seed", 0, "sampling seed.")
+_INPUT_FILE = flags.DEFINE_string("input_file", "", "encoder-decoder: one source per line.")
+_REFERENCE_FILE = flags.DEFINE_string("reference_file", "", "target lines: print sacreBLEU.")
+_OUTPUT_FILE = flags.DEFINE_string("output_file", "", "write the generated lines here.")
+_BEAM_SIZE = flags.DEFINE_integer("beam_size", 4, "encoder-decoder: beams (0: greedy/sampling).")
+_ALPHA = flags.DEFINE_float("alpha", 0.6, "beam length penalty ((5 + len) / 6) ** alpha.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "encoder-decoder: sources per batch.")
+
+
+def _read_lines(path: str) -> list[str]:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return [line.rstrip("\n") for line in f]
+  except OSError as e:
+    sys.exit(f"generate.py: cannot read {path}: {e.strerror}")
+
+
+def _sampling() -> SamplingConfig:
+  return SamplingConfig(
+    max_new_tokens=_MAX_NEW.value,
+    temperature=0.0 if _GREEDY.value else _TEMPERATURE.value,
+    top_k=_TOP_K.value,
+    top_p=_TOP_P.value,
+  )
+
+
+def _translate(trainable, params, tokenizer):
+  sources = _read_lines(_INPUT_FILE.value) if _INPUT_FILE.value else [_PROMPT.value]
+  # Target positions stop at the model's max_len; beam search stops early at EOS anyway.
+  max_len = min(_MAX_NEW.value, trainable.model.config.max_len)
+  config = seq2seq_decoding.DecodeConfig(
+    max_len=max_len, beam_size=_BEAM_SIZE.value, alpha=_ALPHA.value, sampling=_sampling()
+  )
+  outputs = seq2seq_decoding.translate(
+    trainable, params, tokenizer, sources, config, _BATCH_SIZE.value, _SEED.value
+  )
+  if _OUTPUT_FILE.value:
+    with open(_OUTPUT_FILE.value, "w", encoding="utf-8") as f:
+      f.write("".join(line + "\n" for line in outputs))
+  else:
+    for line in outputs[:20] if _REFERENCE_FILE.value else outputs:
+      print(line)
+  if _REFERENCE_FILE.value:
+    references = _read_lines(_REFERENCE_FILE.value)
+    if len(references) != len(sources):
+      sys.exit(
+        f"generate.py: {_REFERENCE_FILE.value} has {len(references)} lines, "
+        f"the input {len(sources)}; they must align"
+      )
+    bleu = seq2seq_decoding.corpus_bleu(outputs, references)
+    print(f"BLEU {bleu:.2f} (sacreBLEU, detokenized, {len(sources)} sentences)")
 
 
 def main(argv):
@@ -36,19 +95,23 @@ def main(argv):
     trainable, params, tokenizer = load_trained(_WORKDIR.value)
   except (FileNotFoundError, ValueError) as e:  # CheckpointMismatchError is a ValueError
     sys.exit(f"generate.py: {e}")
-  config = SamplingConfig(
-    max_new_tokens=_MAX_NEW.value,
-    temperature=0.0 if _GREEDY.value else _TEMPERATURE.value,
-    top_k=_TOP_K.value,
-    top_p=_TOP_P.value,
-  )
+  if isinstance(trainable.model, Bert):
+    sys.exit(
+      f"generate.py: {_WORKDIR.value} holds a masked-LM encoder, which does not generate text; "
+      "decoders (GPT) and encoder-decoders (T5, Transformer) do"
+    )
+  if hasattr(trainable.model, "encode"):  # an encoder-decoder
+    try:
+      return _translate(trainable, params, tokenizer)
+    except ValueError as e:
+      sys.exit(f"generate.py: {e}")
   try:
     texts = sample_text(
       trainable,
       params,
       tokenizer,
       _PROMPT.value,
-      config,
+      _sampling(),
       seed=_SEED.value,
       num_samples=_NUM_SAMPLES.value,
     )

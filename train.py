@@ -12,7 +12,7 @@ import sys
 import jax
 from absl import flags
 
-from flaxlm import cli
+from flaxlm import cli, seq2seq_decoding
 from flaxlm.checkpoint import CheckpointMismatchError
 from flaxlm.config import from_config_dict
 from flaxlm.sampling import SamplingConfig, sample_text
@@ -42,6 +42,12 @@ def main(argv):
     shown = [f"{k} {result[k]:.4f}" for k in ("loss", "eval_loss", "eval_accuracy") if k in result]
     stopped = " (interrupted; rerun the same command to resume)" if result["interrupted"] else ""
     print(f"final step {result['step']}: {', '.join(shown)}{stopped}")
+  if run.objective in ("span_corruption", "seq2seq") and not result["interrupted"]:
+    report = seq2seq_decoding.example_report(
+      result["trainable"], result["state"].params, result["tokenizer"], result["eval_example"]
+    )
+    if jax.process_index() == 0:
+      print("--- held-out example ---\n" + report + "\n------------------------")
   # Every process takes part in the (sharded) sampling computation.
   if run.sample_tokens and run.objective == "causal_lm" and not result["interrupted"]:
     try:

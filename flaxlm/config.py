@@ -17,7 +17,7 @@ from flaxlm import optim
 from flaxlm.data.pipeline import DataConfig
 from flaxlm.data.tokenizers import TokenizerConfig
 from flaxlm.models import registry
-from flaxlm.objectives import LossConfig, MaskingConfig
+from flaxlm.objectives import LossConfig, MaskingConfig, SpanCorruptionConfig
 from flaxlm.training import StepConfig
 
 
@@ -46,6 +46,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_dataset = ""  # validate on another dataset string instead of a held-out split
   c.tokenizer = ml_collections.ConfigDict(dataclasses.asdict(TokenizerConfig()))
   c.masking = ml_collections.ConfigDict(dataclasses.asdict(MaskingConfig()))  # objective 'mlm'
+  c.spans = ml_collections.ConfigDict(dataclasses.asdict(SpanCorruptionConfig()))  # T5
+  # Encoder-decoder: decoder tokens per row (0 = seq_len; span_corruption derives its own)
+  # and, for parallel text (objective 'seq2seq'), pairs packed per row.
+  c.target_len = 0
+  c.pairs_per_example = 1
   c.pad_vocab_to = 128  # model vocab rounded up for fast, evenly sharded embeddings
 
   # Optimization.
@@ -91,6 +96,7 @@ class RunConfig:
   model: object  # the family's frozen config (vocab_size may be 0: set from the tokenizer)
   objective: str
   masking: MaskingConfig
+  spans: SpanCorruptionConfig
   data: DataConfig
   tokenizer: TokenizerConfig
   optim: optim.OptimConfig
@@ -121,6 +127,7 @@ def from_config_dict(c: ml_collections.ConfigDict) -> RunConfig:
     model=model,
     objective=c.objective or family.objective,
     masking=MaskingConfig(**c.masking.to_dict()),
+    spans=SpanCorruptionConfig(**c.spans.to_dict()),
     data=DataConfig(
       dataset=c.dataset,
       data_dir=c.data_dir,
@@ -129,6 +136,8 @@ def from_config_dict(c: ml_collections.ConfigDict) -> RunConfig:
       window_stride=c.window_stride,
       val_fraction=c.val_fraction,
       eval_dataset=c.eval_dataset,
+      target_len=c.target_len,
+      pairs_per_example=c.pairs_per_example,
       seed=c.seed,
     ),
     tokenizer=TokenizerConfig(**c.tokenizer.to_dict()),
@@ -163,6 +172,25 @@ def from_config_dict(c: ml_collections.ConfigDict) -> RunConfig:
     mesh=c.mesh.to_dict(),
     logical_axis_rules=tuple(tuple(r) for r in c.logical_axis_rules),
   )
+
+
+def from_saved(saved: dict) -> RunConfig:
+  """The RunConfig of a checkpoint's saved config; keys added to flaxlm since it was written
+  take their defaults and keys flaxlm no longer has are ignored."""
+
+  def merge(dst: ml_collections.ConfigDict, src: dict):
+    for key, value in src.items():
+      if key not in dst:
+        continue
+      nested = isinstance(dst[key], ml_collections.ConfigDict) and isinstance(value, dict)
+      if nested and key not in ("model", "mesh"):  # model and mesh are taken whole
+        merge(dst[key], value)
+      else:
+        dst[key] = value
+
+  c = default_config()
+  merge(c, saved)
+  return from_config_dict(c)
 
 
 def check_keys(

@@ -16,14 +16,12 @@ import signal
 import time
 
 import jax
-import ml_collections
 import numpy as np
 
-from flaxlm import checkpoint, metrics, optim, sharding
-from flaxlm.config import RunConfig, from_config_dict
+from flaxlm import checkpoint, metrics, objectives, optim, sharding
+from flaxlm.config import RunConfig, from_saved
 from flaxlm.data import pipeline, tokenizers
 from flaxlm.models import registry
-from flaxlm.objectives import Objective, make_objective
 from flaxlm.training import Trainable
 
 log = logging.getLogger("flaxlm")
@@ -37,13 +35,8 @@ def round_up(n: int, multiple: int) -> int:
   return n if multiple <= 1 else -(-n // multiple) * multiple
 
 
-def build(
-  run: RunConfig, vocab_size: int, mesh=None, objective: Objective | None = None
-) -> Trainable:
-  """Model + optimizer + sharded layout for this run, with the model vocab fitted to the tokenizer.
-
-  `objective` defaults to the run's objective built without a tokenizer (enough for causal LM;
-  masked LM needs the tokenizer's special ids: pass `make_objective(..., tokenizer, ...)`)."""
+def build(run: RunConfig, vocab_size: int, mesh=None) -> Trainable:
+  """Model + optimizer + sharded layout for this run, with the model vocab fitted to the tokenizer."""
   model_config = run.model
   if not model_config.vocab_size:
     model_config = dataclasses.replace(
@@ -54,7 +47,7 @@ def build(
       f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's {vocab_size}; "
       "set --config.model.vocab_size=0 to size it from the tokenizer"
     )
-  objective = objective or make_objective(run.objective, None, run.masking, run.data.seq_len)
+  objectives.check_objective(run.objective)
   mesh = mesh or sharding.make_mesh(run.mesh)
   dp = sharding.data_parallel_size(mesh)
   if run.batch_size % (dp * run.step.accum_steps):
@@ -68,9 +61,22 @@ def build(
     schedule=optim.schedule(run.optim),
     mesh=mesh,
     rules=sharding.rules_from_config(run.logical_axis_rules),
-    objective=objective.loss,
+    objective=objectives.LOSSES[run.objective],
     step_config=run.step,
     init_shape=(dp, min(run.data.seq_len, 8)),
+  )
+
+
+def run_objective(run: RunConfig, tokenizer) -> objectives.Objective:
+  """The run's objective with the tokenizer's special ids (masks, sentinels, EOS)."""
+  return objectives.make_objective(
+    run.objective,
+    tokenizer,
+    seq_len=run.data.seq_len,
+    masking=run.masking,
+    spans=run.spans,
+    target_len=run.data.target_len,
+    pairs_per_example=run.data.pairs_per_example,
   )
 
 
@@ -106,11 +112,14 @@ def evaluate(trainable: Trainable, params, batches) -> dict:
   sums = jax.device_get(sums)
   w = max(float(sums["weight_sum"]), 1.0)
   loss = float(sums["nll_sum"]) / w
-  return {
+  out = {
     "eval_loss": loss,
     "eval_accuracy": float(sums["correct_sum"]) / w,
     "eval_perplexity": math.exp(min(loss, 50.0)),
   }
+  if "nsp_count" in sums:  # BERT's next-sentence prediction
+    out["eval_nsp_accuracy"] = float(sums["nsp_correct_sum"]) / max(float(sums["nsp_count"]), 1.0)
+  return out
 
 
 def train(run: RunConfig, workdir: str, config_json: dict | None = None) -> dict:
@@ -126,8 +135,8 @@ def train(run: RunConfig, workdir: str, config_json: dict | None = None) -> dict
   corpus = pipeline.load_corpus(
     run.data, run.tokenizer, os.path.join(workdir, "data"), saved_tokenizer
   )
-  objective = make_objective(run.objective, corpus.tokenizer, run.masking, run.data.seq_len)
-  trainable = build(run, corpus.tokenizer.vocab_size, objective=objective)
+  objective = run_objective(run, corpus.tokenizer)
+  trainable = build(run, corpus.tokenizer.vocab_size)
   if meta and meta.get("model") != model_config_json(trainable):
     raise checkpoint.CheckpointMismatchError(
       f"the checkpoint in {ckpt.directory} was trained with model {meta.get('model')}, but this run "
@@ -145,16 +154,16 @@ def train(run: RunConfig, workdir: str, config_json: dict | None = None) -> dict
   )
   data_iter.set_state({"next_index": start} if not meta else meta["data_iterator"])
   batch_sharding = sharding.batch_sharding(trainable.mesh)
-  eval_set = [
-    pipeline.to_global(b, batch_sharding)
-    for b in pipeline.eval_batches(
-      corpus.validation, run.data, run.eval_batch_size, run.eval_batches, objective
-    )
-  ]
+  eval_examples = pipeline.eval_batches(
+    corpus.validation, run.data, run.eval_batch_size, run.eval_batches, objective
+  )
+  eval_set = [pipeline.to_global(b, batch_sharding) for b in eval_examples]
 
   family = registry.family_of(run.model_family)
-  flops_per_token = family.flops_per_token(trainable.model.config, run.data.seq_len)
-  tokens_per_step = run.batch_size * run.data.seq_len
+  flops_per_token = family.flops_per_token(
+    trainable.model.config, run.data.seq_len, objective.target_len
+  )
+  tokens_per_step = run.batch_size * (run.data.seq_len + objective.target_len)
   throughput = metrics.Throughput(
     tokens_per_step, flops_per_token, metrics.device_peak_flops(run.peak_flops)
   )
@@ -229,11 +238,13 @@ def train(run: RunConfig, workdir: str, config_json: dict | None = None) -> dict
     "state": state,
     "trainable": trainable,
     "tokenizer": corpus.tokenizer,
+    "eval_example": jax.tree.map(lambda x: x[0], eval_examples[0]),  # numpy, for reports
   }
 
 
 def load_trained(workdir: str, mesh=None) -> tuple[Trainable, object, object]:
-  """(trainable, params, tokenizer) from the newest checkpoint in `workdir`, for sampling.
+  """(trainable, params, tokenizer) from the newest checkpoint in `workdir` (for sampling,
+  evaluation or fine-tuning).
 
   The run config, model config and tokenizer all come from the checkpoint itself, so the
   tokenizer is always the one the model was trained with. `mesh` defaults to one device.
@@ -248,7 +259,7 @@ def load_trained(workdir: str, mesh=None) -> tuple[Trainable, object, object]:
         f"no checkpoint in {ckpt.directory}; train one first: "
         f"python train.py --config=configs/gpt_tiny.py --workdir={workdir}"
       )
-    run = from_config_dict(ml_collections.ConfigDict(meta["config"]))
+    run = from_saved(meta["config"])
     tokenizer = tokenizers.tokenizer_from_json(meta["tokenizer"])
     run = dataclasses.replace(
       run,
@@ -257,11 +268,6 @@ def load_trained(workdir: str, mesh=None) -> tuple[Trainable, object, object]:
       step=dataclasses.replace(run.step, accum_steps=1),
     )
     mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    if run.objective != "causal_lm":
-      raise ValueError(
-        f"{workdir} holds a {meta['model_family']} model trained with {run.objective!r}; "
-        "only decoder (causal_lm) models generate text"
-      )
     trainable = build(run, tokenizer.vocab_size, mesh)
     state = ckpt.restore_state(trainable.abstract_state)
   finally:

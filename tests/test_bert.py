@@ -7,13 +7,11 @@ import types
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from flaxlm import objectives, sharding
+from flaxlm import objectives
 from flaxlm.models import bert
-from flaxlm.objectives import LossConfig, MaskingConfig
-from flaxlm.training import StepConfig, Trainable
+from flaxlm.objectives import LossConfig, MaskingConfig, masked
 
 VOCAB, B, T = 96, 8, 32
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
@@ -43,7 +41,7 @@ def tokens_batch(seed=0, batch=B, pad_from=None):
 
 def mask_draws(tokens, masking=MaskingConfig(), seed=0):
   """Stacked (positions, weights, inputs, targets) of the objective's host-side masking."""
-  obj = objectives.make_objective("mlm", TOKENIZER, masking, seq_len=T)
+  obj = objectives.make_objective("mlm", TOKENIZER, masking=masking, seq_len=T)
   rng = np.random.default_rng(seed)
   rows = [obj.example(row[1:-1], rng) for row in tokens]  # the example adds [CLS] ... [SEP]
   out = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
@@ -99,7 +97,7 @@ def test_pipeline_remasks_each_epoch_and_resumes_exactly():
   pure function of (seed, s)."""
   from flaxlm.data import pipeline
 
-  obj = objectives.make_objective("mlm", TOKENIZER, MaskingConfig(), seq_len=T)
+  obj = objectives.make_objective("mlm", TOKENIZER, masking=MaskingConfig(), seq_len=T)
   stream = np.random.default_rng(0).integers(5, VOCAB, 4 * (T - 2)).astype(np.int32)
   config = pipeline.DataConfig(seq_len=T, seed=0)
   ds = pipeline.train_dataset(stream, config, 4, obj)  # one batch = one epoch of 4 windows
@@ -119,7 +117,7 @@ def test_whole_word_masking_takes_whole_words():
   tokens = tokens_batch(batch=64)
   special = np.array([PAD, UNK, CLS, SEP, MASK])
   for row in tokens:
-    ex = objectives.mask_example(
+    ex = masked.mask_example(
       row, rng, MaskingConfig(whole_word=True), special, MASK, np.arange(5, VOCAB), word_start, 8
     )
     word_ids = np.cumsum(word_start[row])
@@ -183,14 +181,14 @@ def test_type_ids_and_nsp_head(norm_position):
 
 
 def mlm_batch(seed=0):
-  obj = objectives.make_objective("mlm", TOKENIZER, MaskingConfig(), seq_len=T)
+  obj = objectives.make_objective("mlm", TOKENIZER, masking=MaskingConfig(), seq_len=T)
   rng = np.random.default_rng(seed)
   rows = [obj.example(row[1:-1], rng) for row in tokens_batch(seed)]
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def test_mlm_loss_counts_only_chosen_positions():
-  obj = objectives.make_objective("mlm", TOKENIZER, MaskingConfig(), seq_len=T)
+  obj = objectives.make_objective("mlm", TOKENIZER, masking=MaskingConfig(), seq_len=T)
   model, params = init()
   sums = obj.loss(model, params, mlm_batch(), jax.random.PRNGKey(0), True, LossConfig())
   assert float(sums["weight_sum"]) == B * round(0.15 * (T - 2))
@@ -200,44 +198,63 @@ def test_mlm_loss_counts_only_chosen_positions():
 def test_mlm_needs_special_tokens():
   plain = types.SimpleNamespace(vocab_size=VOCAB, special_ids={"pad": 0, "eos": 1})
   with pytest.raises(ValueError, match="special_tokens=bert"):
-    objectives.make_objective("mlm", plain, MaskingConfig(), seq_len=T)
-
-
-def make_trainable(mesh, scan=False):
-  config = dataclasses.replace(TINY, scan_layers=scan, dropout_rate=0.1)
-  obj = objectives.make_objective("mlm", TOKENIZER, MaskingConfig(), seq_len=T)
-  return Trainable(
-    model=bert.Bert(config),
-    # SGD: Adam's m / sqrt(v) turns float reassociation in near-zero gradients into
-    # lr-sized differences, which would hide real ones.
-    tx=optax.sgd(0.5),
-    schedule=optax.constant_schedule(0.5),
-    mesh=mesh,
-    rules=sharding.DEFAULT_RULES,
-    objective=obj.loss,
-    step_config=StepConfig(),
-    init_shape=(1, 8),
-  )
+    objectives.make_objective("mlm", plain, masking=MaskingConfig(), seq_len=T)
 
 
 @pytest.mark.parametrize("axes", [(2, 2, 2), (1, 4, 2)])
-def test_sharded_mlm_steps_equal_single_device(axes):
-  """Three MLM steps (with dropout) on a mesh equal the 1-device steps."""
-  batch = mlm_batch()
-  results = []
-  for mesh in (
-    sharding.make_mesh({"data": 1}, jax.devices()[:1]),
-    sharding.make_mesh(dict(zip(("data", "fsdp", "tensor"), axes, strict=True)), jax.devices()[:8]),
-  ):
-    trainable = make_trainable(mesh, scan=True)
-    state = trainable.init_state(seed=0)
-    losses = []
-    for _ in range(3):
-      batch_on_mesh = jax.device_put(batch, sharding.batch_sharding(mesh))
-      state, m = trainable.train_step(state, batch_on_mesh)
-      losses.append(float(m["loss"]))
-    results.append((losses, jax.device_get(state.params)))
-  np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1]), strict=True):
-    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
-  assert results[0][0][2] < results[0][0][0]  # and it learns
+def test_sharded_mlm_steps_equal_single_device(axes, sharded_equals_single_device):
+  """Three MLM steps (with dropout, scanned layers) on a mesh equal the 1-device steps."""
+  model = bert.Bert(dataclasses.replace(TINY, scan_layers=True, dropout_rate=0.1))
+  sharded_equals_single_device(model, objectives.masked_lm, mlm_batch(), axes)
+
+
+# ----------------------------------------------------------------------------- NSP
+
+
+def nsp_examples(n=400, seed=0):
+  """NSP examples over a stream of distinct tokens 5.. (so B's origin is recoverable)."""
+  obj = objectives.make_objective("mlm_nsp", TOKENIZER, masking=MaskingConfig(), seq_len=T)
+  from flaxlm.data import pipeline
+
+  stream = (np.arange(5, 5 + 40 * T) % (VOCAB - 5) + 5).astype(np.int32)
+  data = pipeline.DataConfig(seq_len=T)
+  ds = pipeline.train_dataset(stream, data, global_batch=1, objective=obj)
+  return obj, [jax.tree.map(lambda x: x[0], ds[i]) for i in range(n)]
+
+
+def test_nsp_pairs_half_continue_and_carry_segment_ids():
+  obj, examples = nsp_examples()
+  assert obj.window_length(T) == T - 3
+  labels = np.array([int(e["nsp_labels"]) for e in examples])
+  assert 0.4 < labels.mean() < 0.6  # 50% IsNext
+  follows = []
+  for e in examples:
+    tokens = e["inputs"].copy()
+    tokens[e["positions"][e["weights"] > 0]] = e["targets"][e["weights"] > 0]  # unmask
+    seps = np.flatnonzero(tokens == SEP)
+    assert tokens[0] == CLS and len(seps) == 2 and seps[1] == T - 1
+    a, b = tokens[1 : seps[0]], tokens[seps[0] + 1 : seps[1]]
+    assert len(a) >= 1 and len(b) >= 1
+    np.testing.assert_array_equal(e["type_ids"], np.arange(T) > seps[0])  # B [SEP] are type 1
+    follows.append((b[0] - a[-1]) % (VOCAB - 5) == 1)  # the stream counts up by one
+    assert not np.isin(e["positions"][e["weights"] > 0], [0, seps[0], seps[1]]).any()
+  follows = np.array(follows)
+  assert follows[labels == 1].all()  # IsNext: B continues A
+  assert follows[labels == 0].mean() < 0.2  # NotNext: B comes from elsewhere
+
+
+def test_mlm_nsp_loss_adds_the_nsp_term_and_reports_accuracy():
+  obj, examples = nsp_examples(n=8)
+  batch = {k: jnp.asarray(np.stack([e[k] for e in examples])) for k in examples[0]}
+  model = bert.Bert(TINY)
+  params = model.init(jax.random.PRNGKey(0), batch["inputs"])["params"]
+  mlm = objectives.masked_lm(model, params, batch, None, True, LossConfig())
+  both = objectives.masked_lm_nsp(model, params, batch, None, True, LossConfig())
+  out = model.apply({"params": params}, batch["inputs"], type_ids=batch["type_ids"])
+  nsp_nll = -jax.nn.log_softmax(out["nsp_logits"])[jnp.arange(8), batch["nsp_labels"]]
+  p = batch["weights"].shape[1]
+  np.testing.assert_allclose(both["loss_sum"], mlm["loss_sum"] + p * nsp_nll.sum(), rtol=1e-5)
+  assert both["nsp_count"] == 8 and 0 <= both["nsp_correct_sum"] <= 8
+  no_head = bert.Bert(dataclasses.replace(TINY, nsp_head=False))
+  with pytest.raises(ValueError, match="nsp_head"):
+    objectives.masked_lm_nsp(no_head, params, batch, None, True, LossConfig())

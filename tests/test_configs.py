@@ -9,8 +9,7 @@ import pytest
 
 from flaxlm import sharding
 from flaxlm.config import from_config_dict
-from flaxlm.objectives import make_objective
-from flaxlm.trainer import build
+from flaxlm.trainer import build, run_objective
 
 CONFIGS = sorted((pathlib.Path(__file__).parent.parent / "configs").glob("*.py"))
 
@@ -24,7 +23,15 @@ def load(path):
 
 def test_configs_exist():
   names = {p.stem for p in CONFIGS}
-  assert {"gpt_tiny", "shakespeare_char", "gpt2_small", "llama_1b", "bert_tiny"} <= names
+  assert {
+    "gpt_tiny",
+    "shakespeare_char",
+    "gpt2_small",
+    "llama_1b",
+    "bert_tiny",
+    "t5_tiny",
+    "transformer_multi30k",
+  } <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -39,12 +46,13 @@ def test_config_builds_abstract_state(path):
   n = next(n for n in (8, 4, 2, 1) if run.batch_size % n == 0)
   mesh = sharding.make_mesh(run.mesh, jax.devices()[:n])
   vocab = run.tokenizer.vocab_size if run.tokenizer.kind == "sentencepiece" else 256
-  # Stands in for the tokenizer a run trains: the reserved ids of its special_tokens layout.
-  tokenizer = types.SimpleNamespace(
-    vocab_size=vocab, special_ids={"pad": 0, "unk": 1, "cls": 3, "sep": 4, "mask": 5}
-  )
-  objective = make_objective(run.objective, tokenizer, run.masking, run.data.seq_len)
-  trainable = build(run, vocab, mesh, objective)
+  # Stands in for the tokenizer a run trains: the reserved ids of every special_tokens layout.
+  special = {"pad": 0, "unk": 1, "eos": 2, "cls": 3, "sep": 4, "mask": 5}
+  special.update({f"sentinel_{i}": 6 + i for i in range(100)})
+  tokenizer = types.SimpleNamespace(vocab_size=vocab, special_ids=special)
+  objective = run_objective(run, tokenizer)
+  assert objective.name == run.objective
+  trainable = build(run, vocab, mesh)
   state = trainable.abstract_state
   shardings = trainable.state_shardings
   n_params = sum(x.size for x in jax.tree.leaves(state.params))

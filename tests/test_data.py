@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from flaxlm import objectives
 from flaxlm.data import pipeline, sources, tokenizers
 from flaxlm.data.tokenizers import TokenizerConfig
+from flaxlm.objectives import causal
 
 TEXTS = [
   "Hello, world!",
@@ -209,7 +209,7 @@ def test_windows_and_lm_example():
   assert len(packed) == 3
   assert [list(packed[i]) for i in range(3)] == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
   assert len(pipeline.Windows(tokens, 4, 1)) == 7
-  example = objectives.lm_example(packed[1])
+  example = causal.lm_example(packed[1])
   np.testing.assert_array_equal(example["inputs"], [3, 4, 5])
   np.testing.assert_array_equal(example["targets"], [4, 5, 6])
   np.testing.assert_array_equal(example["weights"], np.ones(3, np.float32))

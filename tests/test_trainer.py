@@ -207,11 +207,11 @@ def reference(scripts, tmp_path_factory):
   return workdir
 
 
-def test_resume_after_sigkill_is_exact(scripts, reference, tmp_path, record_property):
-  """A run killed with SIGKILL after its step-10 checkpoint resumes from its newest finished
-  checkpoint and logs exactly the losses of an uninterrupted run, to the same final params."""
-  proc = start_train(scripts, tmp_path, "killed", f"--workdir={tmp_path}", *RESUME)
-  checkpoints = tmp_path / "checkpoints"
+def kill_and_resume(scripts, workdir, args: tuple, tiny: bool = True) -> tuple[int, list[dict]]:
+  """Starts a RESUME run, SIGKILLs it once its step-10 checkpoint exists, reruns the same
+  command; returns (the step it resumed from, the rows logged before the kill)."""
+  proc = start_train(scripts, workdir, "killed", f"--workdir={workdir}", *args, tiny=tiny)
+  checkpoints = workdir / "checkpoints"
   deadline = time.monotonic() + 300
   while proc.poll() is None and time.monotonic() < deadline:
     done = [int(p.name) for p in checkpoints.glob("*") if p.name.isdigit()]
@@ -220,26 +220,70 @@ def test_resume_after_sigkill_is_exact(scripts, reference, tmp_path, record_prop
       break
     time.sleep(0.01)
   proc.wait(timeout=60)
-  _, err = output(tmp_path, "killed")
+  _, err = output(workdir, "killed")
   assert proc.returncode == -signal.SIGKILL, (
     f"not killed mid-run (rc {proc.returncode}): {err[-2000:]}"
   )
-  before_kill = rows(tmp_path)
+  before_kill = rows(workdir)
   assert before_kill[-1]["step"] < 100
 
-  again = scripts.run("train.py", f"--workdir={tmp_path}", *RESUME)
+  again = scripts.run("train.py", f"--workdir={workdir}", *args, tiny=tiny)
   assert again.returncode == 0, again.stderr[-3000:]
   start = resumed_from(again.stderr)
   assert start >= 10 and start % 5 == 0
   assert "final step 100" in again.stdout
+  assert sorted(by_step(workdir)) == list(range(1, 101))
+  return start, before_kill
 
-  logged = rows(tmp_path)
-  assert sorted(by_step(tmp_path)) == list(range(1, 101))
-  diff = max_difference(logged, by_step(reference))
+
+def test_resume_after_sigkill_is_exact(scripts, reference, tmp_path, record_property):
+  """A run killed with SIGKILL after its step-10 checkpoint resumes from its newest finished
+  checkpoint and logs exactly the losses of an uninterrupted run, to the same final params."""
+  start, before_kill = kill_and_resume(scripts, tmp_path, RESUME)
+  diff = max_difference(rows(tmp_path), by_step(reference))
   record_property("sigkill_resume_max_difference", diff)
   print(f"SIGKILL at step ~{before_kill[-1]['step']}, resumed from {start}: max difference {diff}")
   assert diff <= 1e-6
   assert_same_params(final_params(tmp_path), final_params(reference))
+
+
+# Small BERT (masked LM, dynamic masks) and T5 (span corruption) runs on the embedded corpus,
+# with dropout on: their data draws (masks, spans) and dropout keys must resume exactly too.
+SMALL = (
+  "--config.model.num_layers=1",
+  "--config.model.embed_dim=32",
+  "--config.model.num_heads=2",
+  "--config.model.mlp_dim=64",
+  "--config.model.dropout_rate=0.1",
+  "--config.tokenizer.vocab_size=512",
+  "--config.seq_len=32",
+  "--config.batch_size=8",
+  "--config.eval_batches=1",
+  "--config.eval_batch_size=8",
+  "--config.log_every=1",
+)
+FAMILIES = {
+  "bert": (
+    "--config=configs/bert_tiny.py",
+    "--config.dataset=builtin:python-docs",
+    "--config.eval_dataset=",
+    "--config.model.max_len=32",
+  ),
+  "t5": ("--config=configs/t5_tiny.py",),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_resume_after_sigkill_is_exact_for_encoders(scripts, tmp_path, family):
+  args = (*FAMILIES[family], *SMALL, f"--config.data_dir={scripts.data_dir}", *RESUME)
+  reference = tmp_path / "reference"
+  proc = scripts.run("train.py", f"--workdir={reference}", *args, tiny=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  killed = tmp_path / "killed"
+  killed.mkdir()
+  kill_and_resume(scripts, killed, args, tiny=False)
+  assert max_difference(rows(killed), by_step(reference)) <= 1e-6
+  assert_same_params(final_params(killed), final_params(reference))
 
 
 def test_sigterm_saves_current_step_and_resume_is_exact(scripts, reference, tmp_path):

@@ -19,7 +19,8 @@ import jax
 import numpy as np
 
 from flaxlm.data import sources, tokenizers
-from flaxlm.objectives import Objective, causal_lm_objective
+from flaxlm.objectives import Objective
+from flaxlm.objectives.causal import causal_lm_objective
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,14 +32,51 @@ class DataConfig:
   window_stride: int = 0  # 0 = seq_len (packed, no overlap)
   val_fraction: float = 0.1  # tail of the token stream held out when the source has no split
   eval_dataset: str = ""  # a separate dataset string for validation ('' = held-out split)
+  target_len: int = 0  # encoder-decoder: decoder tokens per row (0 = seq_len)
+  pairs_per_example: int = 1  # parallel text: pairs packed per row
   seed: int = 0
+
+
+class Pairs:
+  """Tokenized (source, target) pairs, random access; stored as two flat streams + offsets."""
+
+  def __init__(self, source, source_offsets, target, target_offsets):
+    self.source, self.source_offsets = source, source_offsets
+    self.target, self.target_offsets = target, target_offsets
+
+  @classmethod
+  def encode(cls, tokenizer, pairs: list[tuple[str, str]]) -> Pairs:
+    sides = []
+    for side in zip(*pairs, strict=True) if pairs else ((), ()):
+      ids = [np.asarray(tokenizer.encode(text), np.int32) for text in side]
+      offsets = np.cumsum([0] + [len(x) for x in ids]).astype(np.int64)
+      sides += [np.concatenate(ids) if ids else np.zeros(0, np.int32), offsets]
+    return cls(*sides)
+
+  def __len__(self) -> int:
+    return len(self.source_offsets) - 1
+
+  def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    i = int(i)
+    s0, s1 = self.source_offsets[i : i + 2]
+    t0, t1 = self.target_offsets[i : i + 2]
+    return self.source[s0:s1], self.target[t0:t1]
+
+  def save(self, path: str) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append '.npz' to a name
+      np.savez(f, **vars(self))
+
+  @classmethod
+  def load(cls, path: str) -> Pairs:
+    with np.load(path, allow_pickle=False) as z:
+      return cls(**{k: z[k] for k in z.files})
 
 
 @dataclasses.dataclass
 class TokenizedCorpus:
   tokenizer: object
-  train: np.ndarray  # int32 (num_tokens,)
-  validation: np.ndarray
+  train: np.ndarray | Pairs  # int32 (num_tokens,) token stream, or pairs for parallel text
+  validation: np.ndarray | Pairs
 
 
 def tfds_dir(config: DataConfig) -> str:
@@ -72,14 +110,21 @@ def load_corpus(
   stamp_path = os.path.join(cache_dir, "corpus.json")
   tok_path = os.path.join(cache_dir, "tokenizer.json")
   paths = {s: os.path.join(cache_dir, f"{s}.npy") for s in ("train", "validation")}
-  cached = os.path.exists(stamp_path) and all(os.path.exists(p) for p in paths.values())
-  if cached and _read_json(stamp_path) == stamp and os.path.exists(tok_path):
+  pair_paths = {s: os.path.join(cache_dir, f"{s}_pairs.npz") for s in ("train", "validation")}
+  cached = os.path.exists(stamp_path) and os.path.exists(tok_path)
+  if cached and _read_json(stamp_path) == stamp:
     saved = tokenizers.tokenizer_from_json(_read_json(tok_path))
     if tokenizer is None or tokenizer.to_json() == saved.to_json():
-      arrays = {s: np.load(p, allow_pickle=False) for s, p in paths.items()}
-      return TokenizedCorpus(saved, arrays["train"], arrays["validation"])
+      if all(os.path.exists(p) for p in paths.values()):
+        arrays = {s: np.load(p, allow_pickle=False) for s, p in paths.items()}
+        return TokenizedCorpus(saved, arrays["train"], arrays["validation"])
+      if all(os.path.exists(p) for p in pair_paths.values()):
+        pairs = {s: Pairs.load(p) for s, p in pair_paths.items()}
+        return TokenizedCorpus(saved, pairs["train"], pairs["validation"])
 
   source = sources.open_source(config.dataset, tfds_dir(config), config.text_feature)
+  if source.is_pairs:
+    return _load_pairs(config, tok_config, source, tokenizer, stamp, pair_paths, tok_path)
   train_docs = source.documents("train")
   val_docs = source.documents("validation") if "validation" in source.splits else None
   if config.eval_dataset:  # e.g. held-out text from another corpus, never trained on
@@ -100,6 +145,28 @@ def load_corpus(
     np.save(paths["validation"], validation)
     _write_json(tok_path, tokenizer.to_json())
     _write_json(stamp_path, stamp)
+  return TokenizedCorpus(tokenizer, train, validation)
+
+
+def _load_pairs(config, tok_config, source, tokenizer, stamp, paths, tok_path) -> TokenizedCorpus:
+  """Parallel text: one joint tokenizer for both languages (trained on both sides)."""
+  train_pairs = source.pairs("train")
+  if config.eval_dataset:
+    eval_source = sources.open_source(config.eval_dataset, tfds_dir(config), config.text_feature)
+    val_pairs = eval_source.pairs("validation" if "validation" in eval_source.splits else "train")
+  elif "validation" in source.splits:
+    val_pairs = source.pairs("validation")
+  else:  # hold out the last pairs
+    cut = int(len(train_pairs) * (1.0 - config.val_fraction))
+    train_pairs, val_pairs = train_pairs[:cut], train_pairs[cut:]
+  if tokenizer is None:
+    tokenizer = tokenizers.train_tokenizer(tok_config, [t for pair in train_pairs for t in pair])
+  train, validation = Pairs.encode(tokenizer, train_pairs), Pairs.encode(tokenizer, val_pairs)
+  if jax.process_index() == 0:
+    train.save(paths["train"])
+    validation.save(paths["validation"])
+    _write_json(tok_path, tokenizer.to_json())
+    _write_json(os.path.join(os.path.dirname(tok_path), "corpus.json"), stamp)
   return TokenizedCorpus(tokenizer, train, validation)
 
 
@@ -134,30 +201,66 @@ class Windows:
     return self.tokens[start : start + self.length]
 
 
-def _windows(tokens: np.ndarray, config: DataConfig, objective: Objective, stride: int) -> Windows:
+class WithPartner:
+  """Window i paired with window partner[i], a fixed random permutation (NSP's "random
+  next segment": almost always from another part of the corpus)."""
+
+  def __init__(self, windows: Windows, seed: int):
+    self.windows = windows
+    self.partner = np.random.default_rng(seed).permutation(len(windows))
+
+  def __len__(self) -> int:
+    return len(self.windows)
+
+  def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    return self.windows[i], self.windows[self.partner[int(i)]]
+
+
+def _windows(tokens: np.ndarray, config: DataConfig, objective: Objective, stride: int):
   """The objective's windows over `tokens`; stride 0 packs them (consecutive causal windows
   share one token: the last target is the next window's first input)."""
   length = objective.window_length(config.seq_len)
-  return Windows(tokens, length, stride or min(length, config.seq_len))
+  windows = Windows(tokens, length, stride or min(length, config.seq_len))
+  return WithPartner(windows, config.seed) if objective.partner_window else windows
+
+
+def _records(data, config: DataConfig, objective: Objective, stride: int):
+  """What the objective's examples are made from: windows of a token stream, or pairs."""
+  if bool(objective.pairs_per_example) != isinstance(data, Pairs):
+    needs = "parallel text (pairs:<src>,<tgt>)" if objective.pairs_per_example else "plain text"
+    raise ValueError(
+      f"objective {objective.name!r} trains on {needs}, but config.dataset={config.dataset!r} "
+      f"is {'parallel text' if isinstance(data, Pairs) else 'plain text'}; set --config.objective "
+      "(seq2seq for pairs) or --config.dataset to match"
+    )
+  if isinstance(data, Pairs):
+    if not len(data):
+      raise ValueError(f"{config.dataset!r}: this split holds no sentence pairs")
+    return data
+  return _windows(data, config, objective, stride)
+
+
+def _examples(ds: grain.MapDataset, objective: Objective, seed: int) -> grain.MapDataset:
+  if objective.pairs_per_example:  # group the pairs each row packs
+    ds = ds.batch(objective.pairs_per_example, batch_fn=list)
+  return ds.random_map(objective.example, seed=seed)
 
 
 def train_dataset(
-  tokens: np.ndarray, config: DataConfig, global_batch: int, objective: Objective | None = None
+  data: np.ndarray | Pairs,
+  config: DataConfig,
+  global_batch: int,
+  objective: Objective | None = None,
 ) -> grain.MapDataset:
   """Infinite, per-epoch reshuffled batches; dataset[s] is the global batch of step s."""
   objective = objective or causal_lm_objective()
-  windows = _windows(tokens, config, objective, config.window_stride)
-  return (
-    grain.MapDataset.source(windows)
-    .shuffle(seed=config.seed)
-    .repeat()
-    .random_map(objective.example, seed=config.seed)
-    .batch(global_batch, drop_remainder=True)
-  )
+  records = _records(data, config, objective, config.window_stride)
+  ds = grain.MapDataset.source(records).shuffle(seed=config.seed).repeat()
+  return _examples(ds, objective, config.seed).batch(global_batch, drop_remainder=True)
 
 
 def eval_batches(
-  tokens: np.ndarray,
+  data: np.ndarray | Pairs,
   config: DataConfig,
   batch: int,
   num_batches: int,
@@ -165,16 +268,13 @@ def eval_batches(
 ) -> list[dict]:
   """The first `num_batches` non-overlapping validation batches, in order (a fixed eval set)."""
   objective = objective or causal_lm_objective()
-  windows = _windows(tokens, config, objective, stride=0)
-  ds = (
-    grain.MapDataset.source(windows)
-    .random_map(objective.example, seed=config.seed + 1)
-    .batch(batch, drop_remainder=True)
-  )
+  records = _records(data, config, objective, stride=0)
+  ds = _examples(grain.MapDataset.source(records), objective, config.seed + 1)
+  ds = ds.batch(batch, drop_remainder=True)
   n = min(num_batches, len(ds))
   if n == 0:
     raise ValueError(
-      f"the validation split holds {len(windows)} sequences, fewer than one eval batch of {batch}; "
+      f"the validation split holds {len(records)} sequences, fewer than one eval batch of {batch}; "
       "lower --config.eval_batch_size or raise --config.val_fraction"
     )
   return [ds[i] for i in range(n)]

@@ -116,7 +116,7 @@ def default_max_predictions(seq_len: int, mask_rate: float = 0.15) -> int:
   return max(1, math.ceil(mask_rate * seq_len))
 
 
-def flops_per_token(c: BertConfig, seq_len: int) -> float:
+def flops_per_token(c: BertConfig, seq_len: int, target_len: int = 0) -> float:
   """Training FLOPs per token: the encoder, plus the MLM head at the masked share of tokens."""
   head = 2 * (c.embed_dim * c.embed_dim + c.embed_dim * c.vocab_size)
   share = default_max_predictions(seq_len) / seq_len

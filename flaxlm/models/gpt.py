@@ -107,7 +107,7 @@ class GPT(nn.Module):
     return logits.astype(jnp.float32)
 
 
-def flops_per_token(c: GPTConfig, seq_len: int) -> float:
+def flops_per_token(c: GPTConfig, seq_len: int, target_len: int = 0) -> float:
   """Training FLOPs per token (forward + backward = 3 x forward), matmuls only.
 
   Forward per token: 2 x (weights used in matmuls) + attention scores and values,

@@ -8,7 +8,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from flaxlm.models import bert, gpt
+from flaxlm.models import bert, encdec, gpt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,13 +17,21 @@ class Family:
   config_cls: type
   presets: Mapping[str, Any]
   module_cls: type[nn.Module]
-  flops_per_token: Callable[[Any, int], float]
+  flops_per_token: Callable[..., float]  # (config, seq_len, target_len=0) -> FLOPs/token
   objective: str  # the objectives.OBJECTIVES entry its pretraining uses by default
 
 
 FAMILIES: dict[str, Family] = {
   "gpt": Family("gpt", gpt.GPTConfig, gpt.PRESETS, gpt.GPT, gpt.flops_per_token, "causal_lm"),
   "bert": Family("bert", bert.BertConfig, bert.PRESETS, bert.Bert, bert.flops_per_token, "mlm"),
+  "encdec": Family(
+    "encdec",
+    encdec.EncDecConfig,
+    encdec.PRESETS,
+    encdec.EncoderDecoder,
+    encdec.flops_per_token,
+    "span_corruption",
+  ),
 }
 
 

@@ -39,7 +39,7 @@ class TransformerConfig:
   mlp_dim: int = 512
   max_len: int = 256
   dropout_rate: float = 0.0
-  position: str = "learned"  # learned | sinusoidal | rope | relative (T5)
+  position: str = "learned"  # learned | sinusoidal | rope (| relative: encoder-decoder)
   rope_theta: float = 10_000.0
   norm: str = "layernorm"  # layernorm | rmsnorm
   norm_position: str = "pre"  # pre: x + f(norm(x)) | post: norm(x + f(x)) (BERT, Vaswani)
@@ -136,7 +136,7 @@ class TransformerConfig:
     mlp = d * self.mlp_dim * (3 if self.gated_mlp else 2)
     flops = 2 * (attn_proj + mlp) + 4 * seq_len * self.num_heads * h
     if cross_len:  # cross-attention: q, out per target token; k, v counted on the source side
-      flops += 2 * attn_proj + 4 * cross_len * self.num_heads * h
+      flops += 2 * (2 * d * h * self.num_heads) + 4 * cross_len * self.num_heads * h
     return flops
 
 

@@ -1,29 +1,19 @@
-"""Pretraining objectives: how a window of tokens becomes an example (host, numpy) and how
-an example becomes loss sums (device).
+"""Masked LM (BERT, RoBERTa) and next-sentence prediction (BERT).
 
-An objective's `loss` is `fn(model, params, batch, rng, deterministic, loss_config) -> sums`,
-where `sums` are the token-summed quantities of `losses.cross_entropy`; `rng` (dropout) is
-`fold_in(seed, step)`. Its `example(window, rng)` runs in the Grain pipeline with a NumPy
-generator that Grain derives from (seed, position in the stream): masks are fresh each time
-a sequence comes round again (RoBERTa's dynamic masking), a resumed run draws exactly the
-same ones, and the eval set's masks are fixed.
+Masks are drawn on the host from the Grain-given generator (fresh each epoch, exact on
+resume); the loss runs only at the masked slots (Devlin et al. 2019; Liu et al. 2019).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 
+import jax.numpy as jnp
 import numpy as np
 
 from flaxlm import losses
-
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-  label_smoothing: float = 0.0
-  z_loss: float = 0.0
+from flaxlm.objectives.base import LossConfig, Objective
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,53 +26,6 @@ class MaskingConfig:
   random_fraction: float = 0.1
   whole_word: bool = False  # mask all pieces of a word together
   max_predictions: int = 0  # per sequence; 0 = ceil(mask_rate * seq_len)
-
-
-@dataclasses.dataclass(frozen=True)
-class Objective:
-  name: str
-  loss: Callable  # (model, params, batch, rng, deterministic, LossConfig) -> sums
-  window_length: Callable[[int], int]  # seq_len -> tokens taken from the stream per example
-  example: Callable[[np.ndarray, np.random.Generator], dict]  # window, rng -> numpy example
-
-
-# ----------------------------------------------------------------------------- causal LM
-
-
-def lm_example(window: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-  """A window of T + 1 tokens -> next-token inputs/targets (T,)."""
-  del rng
-  return {
-    "inputs": window[:-1],
-    "targets": window[1:],
-    "weights": np.ones(len(window) - 1, np.float32),
-  }
-
-
-def causal_lm(model, params, batch, rng, deterministic: bool, loss: LossConfig):
-  """Next-token prediction. batch: inputs, targets, weights (B, T); optional positions,
-  segment_ids (B, T) for packed sequences."""
-  logits = model.apply(
-    {"params": params},
-    batch["inputs"],
-    positions=batch.get("positions"),
-    segment_ids=batch.get("segment_ids"),
-    deterministic=deterministic,
-    rngs=None if deterministic else {"dropout": rng},
-  )
-  return losses.cross_entropy(
-    logits, batch["targets"], batch["weights"], loss.label_smoothing, loss.z_loss
-  )
-
-
-def causal_lm_objective(
-  tokenizer=None, masking: MaskingConfig | None = None, seq_len: int = 0
-) -> Objective:
-  del tokenizer, masking, seq_len
-  return Objective("causal_lm", causal_lm, lambda t: t + 1, lm_example)
-
-
-# ----------------------------------------------------------------------------- masked LM
 
 
 def mask_example(
@@ -132,9 +75,7 @@ def mask_example(
   }
 
 
-def masked_lm(model, params, batch, rng, deterministic: bool, loss: LossConfig):
-  """MLM loss at the masked slots: batch inputs (B, T), positions, targets, weights (B, P);
-  optional type_ids, segment_ids (B, T)."""
+def _bert_forward(model, params, batch, rng, deterministic: bool, loss: LossConfig):
   out = model.apply(
     {"params": params},
     batch["inputs"],
@@ -144,9 +85,31 @@ def masked_lm(model, params, batch, rng, deterministic: bool, loss: LossConfig):
     deterministic=deterministic,
     rngs=None if deterministic else {"dropout": rng},
   )
-  return losses.cross_entropy(
+  sums = losses.cross_entropy(
     out["mlm_logits"], batch["targets"], batch["weights"], loss.label_smoothing, loss.z_loss
   )
+  return out, sums
+
+
+def masked_lm(model, params, batch, rng, deterministic: bool, loss: LossConfig):
+  """MLM loss at the masked slots: batch inputs (B, T), positions, targets, weights (B, P);
+  optional type_ids, segment_ids (B, T)."""
+  return _bert_forward(model, params, batch, rng, deterministic, loss)[1]
+
+
+def masked_lm_nsp(model, params, batch, rng, deterministic: bool, loss: LossConfig):
+  """MLM + next-sentence prediction (BERT): masked_lm's batch plus type_ids (B, T) and
+  nsp_labels (B,) (1 = B follows A). The NSP loss of each sequence is weighted by P, the
+  prediction slots per sequence, so loss_sum / weight_sum is about MLM mean + NSP mean and
+  stays a plain sum (accumulation and sharding give the same update)."""
+  out, sums = _bert_forward(model, params, batch, rng, deterministic, loss)
+  if "nsp_logits" not in out:
+    raise ValueError("objective 'mlm_nsp' needs the NSP head: set --config.model.nsp_head=true")
+  labels = batch["nsp_labels"][:, None]
+  nsp = losses.cross_entropy(out["nsp_logits"][:, None], labels, jnp.ones(labels.shape))
+  sums["loss_sum"] = sums["loss_sum"] + batch["weights"].shape[1] * nsp["loss_sum"]
+  sums["nsp_correct_sum"], sums["nsp_count"] = nsp["correct_sum"], nsp["weight_sum"]
+  return sums
 
 
 def _mlm_example(window: np.ndarray, rng: np.random.Generator, cls: int, sep: int, **masking):
@@ -156,9 +119,10 @@ def _mlm_example(window: np.ndarray, rng: np.random.Generator, cls: int, sep: in
 
 
 def masked_lm_objective(
-  tokenizer, masking: MaskingConfig | None = None, seq_len: int = 128
+  tokenizer, masking: MaskingConfig | None = None, seq_len: int = 128, nsp: bool = False, **_
 ) -> Objective:
-  """BERT/RoBERTa masked LM over full [CLS] ... [SEP] windows of the token stream."""
+  """RoBERTa masked LM over full [CLS] ... [SEP] windows of the token stream; with `nsp`,
+  BERT's MLM + next-sentence prediction over [CLS] A [SEP] B [SEP] segment pairs."""
   from flaxlm.models.bert import default_max_predictions
 
   masking = masking or MaskingConfig()
@@ -171,7 +135,7 @@ def masked_lm_objective(
     )
   special = np.array(sorted(set(ids.values())), np.int32)
   example = functools.partial(
-    _mlm_example,
+    _nsp_example if nsp else _mlm_example,
     cls=ids["cls"],
     sep=ids["sep"],
     c=masking,
@@ -181,7 +145,32 @@ def masked_lm_objective(
     word_start=word_start_table(tokenizer) if masking.whole_word else None,
     max_predictions=masking.max_predictions or default_max_predictions(seq_len, masking.mask_rate),
   )
+  if nsp:
+    return Objective("mlm_nsp", masked_lm_nsp, lambda t: t - 3, example, partner_window=True)
   return Objective("mlm", masked_lm, lambda t: t - 2, example)
+
+
+def _nsp_example(
+  records: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, cls: int, sep: int, **masking
+):
+  """(window, another window) of T - 3 tokens -> masked [CLS] A [SEP] B [SEP] (T,) with
+  type ids (0 for [CLS] A [SEP], 1 for B [SEP]) and nsp_label. A is a random-length start of
+  the window; half the time B is the rest of it (label 1), half the time as many tokens from a
+  random place in the other window, which comes from elsewhere in the corpus (label 0)."""
+  window, other = records
+  n = len(window)
+  cut = int(rng.integers(1, n))  # |A| in 1 .. n - 1
+  is_next = rng.random() < 0.5
+  if is_next:
+    second = window[cut:]
+  else:
+    start = int(rng.integers(0, cut + 1))  # |B| = n - cut tokens of the other window
+    second = other[start : start + n - cut]
+  tokens = np.concatenate([[cls], window[:cut], [sep], second, [sep]]).astype(np.int32)
+  example = mask_example(tokens, rng, **masking)
+  example["type_ids"] = (np.arange(len(tokens)) > cut + 1).astype(np.int32)
+  example["nsp_labels"] = np.int32(is_next)
+  return example
 
 
 def word_start_table(tokenizer) -> np.ndarray:
@@ -199,17 +188,3 @@ def word_start_table(tokenizer) -> np.ndarray:
     for i in range(sp.get_piece_size())
   ]
   return np.asarray(starts, np.int32)
-
-
-OBJECTIVES: dict[str, Callable[..., Objective]] = {
-  "causal_lm": causal_lm_objective,
-  "mlm": masked_lm_objective,
-}
-
-
-def make_objective(
-  name: str, tokenizer=None, masking: MaskingConfig | None = None, seq_len: int = 128
-) -> Objective:
-  if name not in OBJECTIVES:
-    raise ValueError(f"objective {name!r} is unknown; known: {sorted(OBJECTIVES)}")
-  return OBJECTIVES[name](tokenizer, masking, seq_len)

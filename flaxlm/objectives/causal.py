@@ -1,0 +1,39 @@
+"""Next-token prediction (GPT): a window of T + 1 tokens -> inputs and targets (T,)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flaxlm import losses
+from flaxlm.objectives.base import LossConfig, Objective
+
+
+def lm_example(window: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+  """A window of T + 1 tokens -> next-token inputs/targets (T,)."""
+  del rng
+  return {
+    "inputs": window[:-1],
+    "targets": window[1:],
+    "weights": np.ones(len(window) - 1, np.float32),
+  }
+
+
+def causal_lm(model, params, batch, rng, deterministic: bool, loss: LossConfig):
+  """Next-token prediction. batch: inputs, targets, weights (B, T); optional positions,
+  segment_ids (B, T) for packed sequences."""
+  logits = model.apply(
+    {"params": params},
+    batch["inputs"],
+    positions=batch.get("positions"),
+    segment_ids=batch.get("segment_ids"),
+    deterministic=deterministic,
+    rngs=None if deterministic else {"dropout": rng},
+  )
+  return losses.cross_entropy(
+    logits, batch["targets"], batch["weights"], loss.label_smoothing, loss.z_loss
+  )
+
+
+def causal_lm_objective(tokenizer=None, **_) -> Objective:
+  del tokenizer
+  return Objective("causal_lm", causal_lm, lambda t: t + 1, lm_example)
