@@ -109,27 +109,52 @@ def load_corpus(
   }
   stamp_path = os.path.join(cache_dir, "corpus.json")
   tok_path = os.path.join(cache_dir, "tokenizer.json")
-  paths = {s: os.path.join(cache_dir, f"{s}.npy") for s in ("train", "validation")}
-  pair_paths = {s: os.path.join(cache_dir, f"{s}_pairs.npz") for s in ("train", "validation")}
+  splits = ("train", "validation")
+  # A token stream is stored as .npy, parallel text as Pairs' .npz.
+  kinds = {
+    "stream": ({s: os.path.join(cache_dir, f"{s}.npy") for s in splits}, _load_npy),
+    "pairs": ({s: os.path.join(cache_dir, f"{s}_pairs.npz") for s in splits}, Pairs.load),
+  }
   cached = os.path.exists(stamp_path) and os.path.exists(tok_path)
   if cached and _read_json(stamp_path) == stamp:
     saved = tokenizers.tokenizer_from_json(_read_json(tok_path))
     if tokenizer is None or tokenizer.to_json() == saved.to_json():
-      if all(os.path.exists(p) for p in paths.values()):
-        arrays = {s: np.load(p, allow_pickle=False) for s, p in paths.items()}
-        return TokenizedCorpus(saved, arrays["train"], arrays["validation"])
-      if all(os.path.exists(p) for p in pair_paths.values()):
-        pairs = {s: Pairs.load(p) for s, p in pair_paths.items()}
-        return TokenizedCorpus(saved, pairs["train"], pairs["validation"])
+      for paths, load in kinds.values():
+        if all(os.path.exists(p) for p in paths.values()):
+          return TokenizedCorpus(saved, load(paths["train"]), load(paths["validation"]))
 
   source = sources.open_source(config.dataset, tfds_dir(config), config.text_feature)
-  if source.is_pairs:
-    return _load_pairs(config, tok_config, source, tokenizer, stamp, pair_paths, tok_path)
+  build = _tokenize_pairs if source.is_pairs else _tokenize_stream
+  tokenizer, train, validation = build(config, tok_config, source, tokenizer)
+  if jax.process_index() == 0:  # every host computes the same; one writes
+    paths = kinds["pairs" if source.is_pairs else "stream"][0]
+    for split, data in (("train", train), ("validation", validation)):
+      if isinstance(data, Pairs):
+        data.save(paths[split])
+      else:
+        np.save(paths[split], data)
+    _write_json(tok_path, tokenizer.to_json())
+    _write_json(stamp_path, stamp)
+  return TokenizedCorpus(tokenizer, train, validation)
+
+
+def _load_npy(path: str) -> np.ndarray:
+  return np.load(path, allow_pickle=False)
+
+
+def _eval_source(config: DataConfig) -> tuple[sources.TextSource, str]:
+  """The `eval_dataset` source and the split to validate on (its validation split, if any)."""
+  source = sources.open_source(config.eval_dataset, tfds_dir(config), config.text_feature)
+  return source, "validation" if "validation" in source.splits else "train"
+
+
+def _tokenize_stream(config, tok_config, source, tokenizer):
+  """(tokenizer, train, validation) token streams of plain text."""
   train_docs = source.documents("train")
   val_docs = source.documents("validation") if "validation" in source.splits else None
   if config.eval_dataset:  # e.g. held-out text from another corpus, never trained on
-    val_docs = sources.open_source(config.eval_dataset, tfds_dir(config), config.text_feature)
-    val_docs = val_docs.documents("validation" if "validation" in val_docs.splits else "train")
+    eval_source, split = _eval_source(config)
+    val_docs = eval_source.documents(split)
   if tokenizer is None:
     tokenizer = tokenizers.train_tokenizer(
       tok_config, train_docs + (val_docs or []) if tok_config.kind == "char" else train_docs
@@ -140,20 +165,16 @@ def load_corpus(
   else:  # hold out the tail, as nanoGPT does (first 90% train, last 10% validation)
     cut = int(len(train) * (1.0 - config.val_fraction))
     train, validation = train[:cut], train[cut:]
-  if jax.process_index() == 0:  # every host computes the same; one writes
-    np.save(paths["train"], train)
-    np.save(paths["validation"], validation)
-    _write_json(tok_path, tokenizer.to_json())
-    _write_json(stamp_path, stamp)
-  return TokenizedCorpus(tokenizer, train, validation)
+  return tokenizer, train, validation
 
 
-def _load_pairs(config, tok_config, source, tokenizer, stamp, paths, tok_path) -> TokenizedCorpus:
-  """Parallel text: one joint tokenizer for both languages (trained on both sides)."""
+def _tokenize_pairs(config, tok_config, source, tokenizer):
+  """(tokenizer, train, validation) Pairs of parallel text, with one joint tokenizer for
+  both languages (trained on both sides)."""
   train_pairs = source.pairs("train")
   if config.eval_dataset:
-    eval_source = sources.open_source(config.eval_dataset, tfds_dir(config), config.text_feature)
-    val_pairs = eval_source.pairs("validation" if "validation" in eval_source.splits else "train")
+    eval_source, split = _eval_source(config)
+    val_pairs = eval_source.pairs(split)
   elif "validation" in source.splits:
     val_pairs = source.pairs("validation")
   else:  # hold out the last pairs
@@ -161,13 +182,7 @@ def _load_pairs(config, tok_config, source, tokenizer, stamp, paths, tok_path) -
     train_pairs, val_pairs = train_pairs[:cut], train_pairs[cut:]
   if tokenizer is None:
     tokenizer = tokenizers.train_tokenizer(tok_config, [t for pair in train_pairs for t in pair])
-  train, validation = Pairs.encode(tokenizer, train_pairs), Pairs.encode(tokenizer, val_pairs)
-  if jax.process_index() == 0:
-    train.save(paths["train"])
-    validation.save(paths["validation"])
-    _write_json(tok_path, tokenizer.to_json())
-    _write_json(os.path.join(os.path.dirname(tok_path), "corpus.json"), stamp)
-  return TokenizedCorpus(tokenizer, train, validation)
+  return tokenizer, Pairs.encode(tokenizer, train_pairs), Pairs.encode(tokenizer, val_pairs)
 
 
 def _read_json(path):

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from flaxlm import layers
-from flaxlm.models.transformer import Block, TransformerConfig, stack_blocks
+from flaxlm.models.transformer import Block, TransformerConfig, default_positions, stack_blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,12 +133,6 @@ class RelativePositionBias(nn.Module):
     buckets = relative_bucket(rel, self.bidirectional, c.relative_buckets, c.relative_max_distance)
     bias = jnp.take(table, buckets, axis=0)  # (B, T, S, N)
     return jnp.transpose(bias, (0, 3, 1, 2)).astype(c.compute_dtype)
-
-
-def _positions(tokens, positions):
-  return (
-    jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape) if positions is None else positions
-  )
 
 
 def _embed(c: EncDecConfig, embedder, tokens, positions, deterministic):
@@ -270,7 +264,9 @@ class EncoderDecoder(nn.Module):
 
   def encode(self, inputs, input_segments=None, input_positions=None, deterministic=True):
     """(B, S) -> (B, S, D)."""
-    return self.encoder(inputs, input_segments, _positions(inputs, input_positions), deterministic)
+    return self.encoder(
+      inputs, input_segments, default_positions(inputs, input_positions), deterministic
+    )
 
   def decode(
     self,
@@ -283,7 +279,7 @@ class EncoderDecoder(nn.Module):
     decode_len: int = 0,  # cache length when decode_mode
   ):
     """encoded (B, S, D), decoder_inputs (B, T) -> logits (B, T, V)."""
-    positions = _positions(decoder_inputs, decoder_positions)
+    positions = default_positions(decoder_inputs, decoder_positions)
     return self.decoder(
       decoder_inputs,
       encoded,

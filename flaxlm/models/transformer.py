@@ -110,8 +110,7 @@ class TransformerConfig:
   def embed_tokens(self, tokens, positions=None):
     """(x (B, T, D), embedder, positions): token plus absolute position embeddings, with
     positions defaulting to 0..T-1. Must be called from a compact method."""
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    positions = default_positions(tokens, positions)
     embedder = layers.Embedder(
       self.vocab_size, self.embed_dim, dtype=self.compute_dtype, name="embed"
     )
@@ -138,6 +137,13 @@ class TransformerConfig:
     if cross_len:  # cross-attention: q, out per target token; k, v counted on the source side
       flops += 2 * (2 * d * h * self.num_heads) + 4 * cross_len * self.num_heads * h
     return flops
+
+
+def default_positions(tokens, positions=None):
+  """`positions`, or 0..T-1 for every row of tokens (B, T)."""
+  if positions is None:
+    return jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+  return positions
 
 
 class Block(nn.Module):
