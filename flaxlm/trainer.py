@@ -117,6 +117,9 @@ def evaluate(trainable: Trainable, params, batches) -> dict:
     "eval_accuracy": float(sums["correct_sum"]) / w,
     "eval_perplexity": math.exp(min(loss, 50.0)),
   }
+  if "at_mask_count" in sums:  # masked LM: accuracy at the slots that show [MASK]
+    count = max(float(sums["at_mask_count"]), 1.0)
+    out["eval_accuracy_at_mask"] = float(sums["at_mask_correct_sum"]) / count
   if "nsp_count" in sums:  # BERT's next-sentence prediction
     out["eval_nsp_accuracy"] = float(sums["nsp_correct_sum"]) / max(float(sums["nsp_count"]), 1.0)
   return out

@@ -188,11 +188,25 @@ def mlm_batch(seed=0):
 
 
 def test_mlm_loss_counts_only_chosen_positions():
+  """Loss and accuracy count the chosen slots; the at-[MASK] accuracy counts exactly the
+  chosen slots whose input shows [MASK] (not those left unchanged or randomized)."""
   obj = objectives.make_objective("mlm", TOKENIZER, masking=MaskingConfig(), seq_len=T)
   model, params = init()
-  sums = obj.loss(model, params, mlm_batch(), jax.random.PRNGKey(0), True, LossConfig())
+  batch = mlm_batch()
+  sums = obj.loss(model, params, batch, jax.random.PRNGKey(0), True, LossConfig())
   assert float(sums["weight_sum"]) == B * round(0.15 * (T - 2))
   assert np.isfinite(float(sums["loss_sum"]))
+
+  shown = np.take_along_axis(batch["inputs"], batch["positions"], 1)
+  at_mask = (batch["weights"] > 0) & (shown == MASK)
+  np.testing.assert_array_equal(batch["at_mask"], at_mask)
+  assert 0 < at_mask.sum() < (batch["weights"] > 0).sum()
+  logits = model.apply(
+    {"params": params}, batch["inputs"], mlm_positions=batch["positions"], deterministic=True
+  )["mlm_logits"]
+  correct = np.asarray(logits).argmax(-1) == batch["targets"]
+  assert float(sums["at_mask_count"]) == at_mask.sum()
+  assert float(sums["at_mask_correct_sum"]) == (correct & at_mask).sum()
 
 
 def test_mlm_needs_special_tokens():

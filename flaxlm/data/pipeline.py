@@ -138,6 +138,21 @@ def load_corpus(
   return TokenizedCorpus(tokenizer, train, validation)
 
 
+def same_on_every_host(tokenizer):
+  """Process 0's tokenizer on every process. Hosts train on the same text, but training need
+  not be deterministic (Hugging Face's WordPiece trainer breaks count ties in hash-map order)."""
+  if jax.process_count() == 1:
+    return tokenizer
+  from jax.experimental import multihost_utils
+
+  blob = np.frombuffer(json.dumps(tokenizer.to_json()).encode(), np.uint8)
+  size = int(multihost_utils.broadcast_one_to_all(np.int32(blob.size)))
+  padded = np.zeros(size, np.uint8)
+  padded[: min(size, blob.size)] = blob[:size]
+  blob = np.asarray(multihost_utils.broadcast_one_to_all(padded), np.uint8)
+  return tokenizers.tokenizer_from_json(json.loads(blob.tobytes().decode()))
+
+
 def _load_npy(path: str) -> np.ndarray:
   return np.load(path, allow_pickle=False)
 
@@ -156,8 +171,10 @@ def _tokenize_stream(config, tok_config, source, tokenizer):
     eval_source, split = _eval_source(config)
     val_docs = eval_source.documents(split)
   if tokenizer is None:
-    tokenizer = tokenizers.train_tokenizer(
-      tok_config, train_docs + (val_docs or []) if tok_config.kind == "char" else train_docs
+    tokenizer = same_on_every_host(
+      tokenizers.train_tokenizer(
+        tok_config, train_docs + (val_docs or []) if tok_config.kind == "char" else train_docs
+      )
     )
   train = _encode_stream(tokenizer, train_docs)
   if val_docs is not None:
@@ -181,7 +198,8 @@ def _tokenize_pairs(config, tok_config, source, tokenizer):
     cut = int(len(train_pairs) * (1.0 - config.val_fraction))
     train_pairs, val_pairs = train_pairs[:cut], train_pairs[cut:]
   if tokenizer is None:
-    tokenizer = tokenizers.train_tokenizer(tok_config, [t for pair in train_pairs for t in pair])
+    texts = [t for pair in train_pairs for t in pair]
+    tokenizer = same_on_every_host(tokenizers.train_tokenizer(tok_config, texts))
   return tokenizer, Pairs.encode(tokenizer, train_pairs), Pairs.encode(tokenizer, val_pairs)
 
 

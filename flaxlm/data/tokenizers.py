@@ -1,4 +1,4 @@
-"""Tokenizers: SentencePiece (BPE or unigram, trained here), bytes, or characters.
+"""Tokenizers: SentencePiece (BPE or unigram) or BERT's WordPiece, trained here; bytes; characters.
 
 Each tokenizer serializes to a JSON-able dict that is written to the workdir and into every
 checkpoint, so sampling always decodes with the tokenizer the model was trained with.
@@ -10,13 +10,14 @@ import base64
 import dataclasses
 import io
 
+import numpy as np
 import sentencepiece as spm
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerConfig:
-  kind: str = "sentencepiece"  # sentencepiece | byte | char
-  vocab_size: int = 2048  # sentencepiece only
+  kind: str = "sentencepiece"  # sentencepiece | wordpiece | byte | char
+  vocab_size: int = 2048  # sentencepiece and wordpiece
   model_type: str = "bpe"  # bpe | unigram
   max_training_chars: int = 20_000_000
   special_tokens: str = ""  # '' (pad/unk/bos/eos) | 'bert' | 't5': see SPECIAL_TOKENS
@@ -131,13 +132,7 @@ class SentencePieceTokenizer:
 
   @classmethod
   def train(cls, documents: list[str], config: TokenizerConfig) -> SentencePieceTokenizer:
-    budget, sentences = config.max_training_chars, []
-    for doc in documents:  # SentencePiece trains on lines; '\n' is a piece of its own
-      for line in doc.split("\n"):
-        if budget <= 0:
-          break
-        sentences.append(line)
-        budget -= len(line)
+    sentences = _training_lines(documents, config.max_training_chars)  # '\n' is its own piece
     if config.special_tokens not in SPECIAL_TOKENS:
       raise ValueError(
         f"tokenizer.special_tokens={config.special_tokens!r}; choose one of {sorted(SPECIAL_TOKENS)}"
@@ -146,7 +141,7 @@ class SentencePieceTokenizer:
     exact = not config.special_tokens  # exact round trip; else WordPiece-like whitespace
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(s for s in sentences if s),
+      sentence_iterator=iter(sentences),
       model_writer=model,
       vocab_size=config.vocab_size,
       model_type=config.model_type,
@@ -173,28 +168,145 @@ class SentencePieceTokenizer:
     keep = [int(i) for i in ids if int(i) not in self._silent]
     return self.sp.decode(keep)
 
+  def word_starts(self) -> np.ndarray:
+    """(V,) int32: 1 where a piece starts a word ('▁' prefix, or a reserved piece)."""
+    sp = self.sp
+    reserved = ("\n", "[CLS]", "[SEP]", "[MASK]")
+    return np.asarray(
+      [
+        piece.startswith("\u2581") or sp.is_control(i) or sp.is_unknown(i) or piece in reserved
+        for i, piece in ((i, sp.id_to_piece(i)) for i in range(self.vocab_size))
+      ],
+      np.int32,
+    )
+
   def to_json(self) -> dict:
     return {"kind": "sentencepiece", "model": base64.b64encode(self.model_proto).decode("ascii")}
 
 
+# WordPiece's reserved tokens, in id order, as (name, token) per special_tokens setting.
+WORDPIECE_SPECIALS = {
+  "": [("pad", "[PAD]"), ("unk", "[UNK]"), ("bos", "[BOS]"), ("eos", "[EOS]")],
+  "bert": [
+    ("pad", "[PAD]"),
+    ("unk", "[UNK]"),
+    ("cls", "[CLS]"),
+    ("sep", "[SEP]"),
+    ("mask", "[MASK]"),
+  ],
+  "t5": [("pad", "<pad>"), ("eos", "</s>"), ("unk", "<unk>")]
+  + [(f"sentinel_{k}", f"<extra_id_{k}>") for k in range(NUM_SENTINELS)],
+}
+
+
+def _hf_tokenizers():
+  try:
+    import tokenizers
+  except ImportError:
+    raise ImportError(
+      "tokenizer.kind='wordpiece' uses Hugging Face's `tokenizers` library: "
+      "pip install 'flaxlm[wordpiece]' (or pip install tokenizers)"
+    ) from None
+  return tokenizers
+
+
+class WordPieceTokenizer:
+  """BERT's WordPiece (Hugging Face `tokenizers`): BERT normalization (optionally lowercased,
+  accents stripped), split on whitespace and punctuation, then greedy longest-match pieces
+  with '##' marking a word's continuation. Round trips are not exact: whitespace becomes
+  single spaces and punctuation is re-joined by a heuristic."""
+
+  def __init__(self, serialized: str):
+    self.serialized = serialized
+    self.tok = _hf_tokenizers().Tokenizer.from_str(serialized)
+    self.vocab_size = self.tok.get_vocab_size()
+    self.special_ids = {}
+    for name, token in (p for specials in WORDPIECE_SPECIALS.values() for p in specials):
+      i = self.tok.token_to_id(token)
+      if i is not None and name not in self.special_ids:
+        self.special_ids[name] = i
+    self.pad_id, self.eos_id, self.bos_id = (self.special_ids.get(n) for n in ("pad", "eos", "bos"))
+    self._silent = {self.special_ids.get(n) for n in ("pad", "bos", "eos", "cls", "sep")}
+
+  @classmethod
+  def train(cls, documents: list[str], config: TokenizerConfig) -> WordPieceTokenizer:
+    if config.special_tokens not in WORDPIECE_SPECIALS:
+      raise ValueError(
+        f"tokenizer.special_tokens={config.special_tokens!r}; choose one of {sorted(WORDPIECE_SPECIALS)}"
+      )
+    hf = _hf_tokenizers()
+    unk = dict(WORDPIECE_SPECIALS[config.special_tokens])["unk"]
+    tok = hf.Tokenizer(hf.models.WordPiece(unk_token=unk, max_input_chars_per_word=100))
+    tok.normalizer = hf.normalizers.BertNormalizer(lowercase=config.lowercase)
+    tok.pre_tokenizer = hf.pre_tokenizers.BertPreTokenizer()
+    tok.decoder = hf.decoders.WordPiece()
+    trainer = hf.trainers.WordPieceTrainer(
+      vocab_size=config.vocab_size,
+      special_tokens=[token for _, token in WORDPIECE_SPECIALS[config.special_tokens]],
+      show_progress=False,
+    )
+    tok.train_from_iterator(_training_lines(documents, config.max_training_chars), trainer)
+    return cls(tok.to_str())
+
+  def encode(self, text: str) -> list[int]:
+    # Words never span lines, so lines encode independently (and in parallel).
+    lines = self.tok.encode_batch(text.split("\n"), add_special_tokens=False)
+    return [i for line in lines for i in line.ids]
+
+  def decode(self, ids) -> str:
+    keep = [int(i) for i in ids if int(i) not in self._silent]
+    return self.tok.decode(keep, skip_special_tokens=False)
+
+  def word_starts(self) -> np.ndarray:
+    """(V,) int32: 1 where a piece starts a word (no '##' prefix)."""
+    starts = np.ones(self.vocab_size, np.int32)
+    for piece, i in self.tok.get_vocab().items():
+      if piece.startswith("##"):
+        starts[i] = 0
+    return starts
+
+  def to_json(self) -> dict:
+    return {"kind": "wordpiece", "tokenizer": self.serialized}
+
+
+def _training_lines(documents: list[str], max_chars: int) -> list[str]:
+  """The non-empty lines of `documents`, up to about `max_chars` characters."""
+  budget, lines = max_chars, []
+  for doc in documents:
+    for line in doc.split("\n"):
+      if budget <= 0:
+        return lines
+      if line:
+        lines.append(line)
+      budget -= len(line)
+  return lines
+
+
 def train_tokenizer(config: TokenizerConfig, documents: list[str]):
-  if config.kind != "sentencepiece" and (config.special_tokens or config.lowercase):
+  if config.kind in ("byte", "char") and (config.special_tokens or config.lowercase):
     raise ValueError(
-      f"tokenizer.special_tokens / lowercase need tokenizer.kind='sentencepiece' (got {config.kind!r})"
+      "tokenizer.special_tokens / lowercase need tokenizer.kind='sentencepiece' or 'wordpiece' "
+      f"(got {config.kind!r})"
     )
   if config.kind == "sentencepiece":
     return SentencePieceTokenizer.train(documents, config)
+  if config.kind == "wordpiece":
+    return WordPieceTokenizer.train(documents, config)
   if config.kind == "byte":
     return ByteTokenizer()
   if config.kind == "char":
     return CharTokenizer.train(documents)
-  raise ValueError(f"tokenizer.kind={config.kind!r}; choose 'sentencepiece', 'byte' or 'char'")
+  raise ValueError(
+    f"tokenizer.kind={config.kind!r}; choose 'sentencepiece', 'wordpiece', 'byte' or 'char'"
+  )
 
 
 def tokenizer_from_json(d: dict):
   kind = d.get("kind")
   if kind == "sentencepiece":
     return SentencePieceTokenizer(base64.b64decode(d["model"]))
+  if kind == "wordpiece":
+    return WordPieceTokenizer(d["tokenizer"])
   if kind == "byte":
     return ByteTokenizer()
   if kind == "char":

@@ -43,7 +43,8 @@ def mask_example(
   Chooses round(mask_rate * n) of the n non-special tokens uniformly (whole words when
   `word_start` is given: each word draws one score, so its pieces rank together and only
   the last word taken may be cut), then 80/10/10 [MASK] / random ordinary token / unchanged.
-  Returns inputs (T,) and, padded to P = max_predictions, positions, targets, weights (P,).
+  Returns inputs (T,) and, padded to P = max_predictions, positions, targets, weights and
+  at_mask (P,): at_mask is 1 at the chosen slots that show [MASK] (for eval_accuracy_at_mask).
   """
   t = len(tokens)
   maskable = ~np.isin(tokens, special)
@@ -72,6 +73,7 @@ def mask_example(
     "positions": positions.astype(np.int32),
     "targets": targets.astype(np.int32),
     "weights": weights.astype(np.float32),
+    "at_mask": (weights & (new == mask_id)).astype(np.float32),
   }
 
 
@@ -85,9 +87,14 @@ def _bert_forward(model, params, batch, rng, deterministic: bool, loss: LossConf
     deterministic=deterministic,
     rngs=None if deterministic else {"dropout": rng},
   )
+  logits = out["mlm_logits"]
   sums = losses.cross_entropy(
-    out["mlm_logits"], batch["targets"], batch["weights"], loss.label_smoothing, loss.z_loss
+    logits, batch["targets"], batch["weights"], loss.label_smoothing, loss.z_loss
   )
+  if "at_mask" in batch:  # accuracy where the input shows [MASK], not the original or noise
+    correct = jnp.argmax(logits, axis=-1) == batch["targets"]
+    sums["at_mask_correct_sum"] = jnp.sum(correct * batch["at_mask"])
+    sums["at_mask_count"] = jnp.sum(batch["at_mask"])
   return out, sums
 
 
@@ -131,7 +138,7 @@ def masked_lm_objective(
   if missing:
     raise ValueError(
       f"the masked-LM objective needs [CLS], [SEP] and [MASK] in the vocabulary (missing "
-      f"{missing}); set --config.tokenizer.kind=sentencepiece --config.tokenizer.special_tokens=bert"
+      f"{missing}); set --config.tokenizer.special_tokens=bert (tokenizer.kind sentencepiece or wordpiece)"
     )
   special = np.array(sorted(set(ids.values())), np.int32)
   example = functools.partial(
@@ -174,17 +181,9 @@ def _nsp_example(
 
 
 def word_start_table(tokenizer) -> np.ndarray:
-  """(V,) int32: 1 where a piece starts a word (SentencePiece's '▁' prefix, or a special)."""
-  sp = getattr(tokenizer, "sp", None)
-  if sp is None:
-    raise ValueError("masking.whole_word needs a sentencepiece tokenizer")
-  starts = [
-    1
-    if sp.id_to_piece(i).startswith("\u2581")
-    or sp.is_control(i)
-    or sp.is_unknown(i)
-    or sp.id_to_piece(i) in ("\n", "[CLS]", "[SEP]", "[MASK]")
-    else 0
-    for i in range(sp.get_piece_size())
-  ]
-  return np.asarray(starts, np.int32)
+  """(V,) int32: 1 where a piece starts a word, 0 where it continues one."""
+  if not hasattr(tokenizer, "word_starts"):
+    raise ValueError(
+      "masking.whole_word needs a subword tokenizer (tokenizer.kind='sentencepiece' or 'wordpiece')"
+    )
+  return tokenizer.word_starts()
