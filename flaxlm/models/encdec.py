@@ -21,7 +21,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from flaxlm import layers
-from flaxlm.models.transformer import Block, TransformerConfig, default_positions, stack_blocks
+from flaxlm.models.transformer import (
+  Block,
+  TransformerConfig,
+  default_positions,
+  stack_blocks,
+  vocab_logits,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,22 +215,8 @@ class Decoder(nn.Module):
       cross=True,
     )(x, mask, positions, bias, encoded, cross_mask)
     x = _finish(c, x, deterministic)
-    if c.tie_embeddings:
-      if c.scale_tied_logits:
-        x = x * c.embed_dim**-0.5
-      logits = self.embedder.attend(x)
-    else:
-      logits = nn.DenseGeneral(
-        c.vocab_size,
-        use_bias=False,
-        dtype=c.compute_dtype,
-        kernel_init=layers.logical_init(nn.initializers.normal(0.02), ("embed", "vocab")),
-        name="lm_head",
-      )(x)
-    logits = nn.with_logical_constraint(
-      logits, ("activation_batch", "activation_length", "activation_vocab")
-    )
-    return logits.astype(jnp.float32)
+    scale = c.embed_dim**-0.5 if c.scale_tied_logits else 1.0
+    return vocab_logits(x, self.embedder, c.tie_embeddings, c.compute_dtype, scale)
 
 
 class EncoderDecoder(nn.Module):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from flaxlm import layers
 from flaxlm.models.transformer import (  # noqa: F401 - re-exported for callers of gpt.*
@@ -19,6 +18,7 @@ from flaxlm.models.transformer import (  # noqa: F401 - re-exported for callers 
   Block,
   TransformerConfig,
   stack_blocks,
+  vocab_logits,
 )
 
 
@@ -91,20 +91,7 @@ class GPT(nn.Module):
       decode=decode,
     )(x, mask, positions)
     x = c.norm_layer("ln_final")(x)
-    if c.tie_embeddings:
-      logits = embedder.attend(x)
-    else:
-      logits = nn.DenseGeneral(
-        c.vocab_size,
-        use_bias=False,
-        dtype=dtype,
-        kernel_init=layers.logical_init(nn.initializers.normal(0.02), ("embed", "vocab")),
-        name="lm_head",
-      )(x)
-    logits = nn.with_logical_constraint(
-      logits, ("activation_batch", "activation_length", "activation_vocab")
-    )
-    return logits.astype(jnp.float32)
+    return vocab_logits(x, embedder, c.tie_embeddings, dtype)
 
 
 def flops_per_token(c: GPTConfig, seq_len: int, target_len: int = 0) -> float:

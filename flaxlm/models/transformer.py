@@ -139,6 +139,25 @@ class TransformerConfig:
     return flops
 
 
+def vocab_logits(x, embedder, tied: bool, dtype, tied_scale: float = 1.0):
+  """(B, T, D) -> float32 logits (B, T, V): the tied token embedding (applied to
+  x * tied_scale) or an untied 'lm_head'. Must be called from a compact method."""
+  if tied:
+    logits = embedder.attend(x * tied_scale if tied_scale != 1.0 else x)
+  else:
+    logits = nn.DenseGeneral(
+      embedder.vocab_size,
+      use_bias=False,
+      dtype=dtype,
+      kernel_init=layers.logical_init(nn.initializers.normal(0.02), ("embed", "vocab")),
+      name="lm_head",
+    )(x)
+  logits = nn.with_logical_constraint(
+    logits, ("activation_batch", "activation_length", "activation_vocab")
+  )
+  return logits.astype(jnp.float32)
+
+
 def default_positions(tokens, positions=None):
   """`positions`, or 0..T-1 for every row of tokens (B, T)."""
   if positions is None:
