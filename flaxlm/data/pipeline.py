@@ -147,9 +147,9 @@ def same_on_every_host(tokenizer):
 
   blob = np.frombuffer(json.dumps(tokenizer.to_json()).encode(), np.uint8)
   size = int(multihost_utils.broadcast_one_to_all(np.int32(blob.size)))
-  padded = np.zeros(size, np.uint8)
-  padded[: min(size, blob.size)] = blob[:size]
-  blob = np.asarray(multihost_utils.broadcast_one_to_all(padded), np.uint8)
+  # Arrays of one shape everywhere; only process 0's content is broadcast.
+  mine = blob if jax.process_index() == 0 else np.zeros(size, np.uint8)
+  blob = np.asarray(multihost_utils.broadcast_one_to_all(mine), np.uint8)
   return tokenizers.tokenizer_from_json(json.loads(blob.tobytes().decode()))
 
 

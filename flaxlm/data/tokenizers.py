@@ -170,15 +170,13 @@ class SentencePieceTokenizer:
 
   def word_starts(self) -> np.ndarray:
     """(V,) int32: 1 where a piece starts a word ('▁' prefix, or a reserved piece)."""
-    sp = self.sp
-    reserved = ("\n", "[CLS]", "[SEP]", "[MASK]")
-    return np.asarray(
-      [
-        piece.startswith("\u2581") or sp.is_control(i) or sp.is_unknown(i) or piece in reserved
-        for i, piece in ((i, sp.id_to_piece(i)) for i in range(self.vocab_size))
-      ],
-      np.int32,
-    )
+    sp, reserved = self.sp, ("\n", "[CLS]", "[SEP]", "[MASK]")
+    pieces = [sp.id_to_piece(i) for i in range(self.vocab_size)]
+    starts = [
+      p.startswith("\u2581") or p in reserved or sp.is_control(i) or sp.is_unknown(i)
+      for i, p in enumerate(pieces)
+    ]
+    return np.asarray(starts, np.int32)
 
   def to_json(self) -> dict:
     return {"kind": "sentencepiece", "model": base64.b64encode(self.model_proto).decode("ascii")}

@@ -1,0 +1,19 @@
+"""Shared test material for tokenizer and data tests: text that ships with CPython and a
+small SentencePiece model trained on it (cached for the session)."""
+
+import functools
+
+from flaxlm.data import sources, tokenizers
+from flaxlm.data.tokenizers import TokenizerConfig
+
+
+@functools.cache
+def training_docs() -> tuple[str, ...]:
+  """About 50 kB of English prose and code samples that ship with CPython."""
+  return tuple(sources.python_docs()[:12])
+
+
+@functools.cache
+def sentencepiece(model_type: str = "bpe") -> tokenizers.SentencePieceTokenizer:
+  config = TokenizerConfig(kind="sentencepiece", vocab_size=400, model_type=model_type)
+  return tokenizers.train_tokenizer(config, list(training_docs()))
