@@ -28,12 +28,15 @@ def main(argv):
   cli.setup_logging()
   if not _WORKDIR.value:
     sys.exit("train.py: --workdir is required (checkpoints, metrics and the tokenizer go there)")
-  cli.init_distributed()
   config = cli.config_value(_CONFIG)
   try:
     run = from_config_dict(config)
+    cli.use_cpu_devices(
+      run.cpu_devices, (run.batch_size // run.step.accum_steps, run.eval_batch_size)
+    )
   except (KeyError, ValueError) as e:
     sys.exit(f"train.py: bad config: {e}")
+  cli.init_distributed()
   try:
     result = train(run, _WORKDIR.value, dump_config_json(config))
   except (FileNotFoundError, CheckpointMismatchError, TrainingDivergedError) as e:

@@ -11,8 +11,12 @@ machine noise hits both alike; each side reports its median block. Also reported
 model FLOP/s (`gpt.flops_per_token`) against the CPU's f32 matmul peak, measured with a
 jitted loop of 2048 x 2048 matmuls.
 
+flaxlm runs each shape as its config would (see SHAPES): on the tiny shape that means one
+XLA device per core, data-parallel, instead of one device whose ops are split over threads.
+
 Prints one JSON line. Usage:
   python bench/train_throughput.py --shape=tiny|gpt2_small [--steps N] [--rounds R]
+      [--cpu_devices N] [--attention_impl xla|einsum]
 """
 
 from __future__ import annotations
@@ -37,11 +41,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch_gpt  # noqa: E402
 
-from flaxlm import objectives, optim, sharding, training  # noqa: E402
+from flaxlm import cli, layers, objectives, optim, sharding, training  # noqa: E402
 from flaxlm.data import pipeline  # noqa: E402
 from flaxlm.models import gpt  # noqa: E402
 
-# name: (model dims, batch, seq, default steps per block, default rounds)
+# name: (model dims, batch, seq, default steps per block, default rounds, cpu_devices)
+# flaxlm runs each shape as its config does: the tiny shape as configs/shakespeare_char.py
+# (one XLA device per core), gpt2_small as configs/gpt2_small.py (one device).
 SHAPES = {
   # nanoGPT's shakespeare_char CPU recipe.
   "tiny": (
@@ -50,6 +56,7 @@ SHAPES = {
     64,
     50,
     5,
+    -1,
   ),
   # GPT-2 small, vocab padded to 50304.
   "gpt2_small": (
@@ -58,6 +65,7 @@ SHAPES = {
     256,
     3,
     3,
+    1,
   ),
 }
 
@@ -81,7 +89,7 @@ class FlaxlmSide:
   def __init__(self, dims: dict, batch: int, seq: int):
     self.config = gpt.GPTConfig(max_len=seq, **dims)
     oc = optim.OptimConfig(learning_rate=1e-3, warmup_steps=100, decay_steps=2000)
-    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     self.trainable = training.Trainable(
       gpt.GPT(self.config),
       optim.make_optimizer(oc),
@@ -116,6 +124,7 @@ class TorchSide:
 
   def __init__(self, dims: dict, batch: int, seq: int):
     torch.manual_seed(0)
+    dims = {k: v for k, v in dims.items() if k != "attention_impl"}  # always SDPA
     self.model = torch_gpt.GPT(torch_gpt.Config(max_len=seq, **dims))
     self.optimizer = torch_gpt.make_optimizer(self.model)
     self.shape, self.vocab = (batch, seq), dims["vocab_size"]
@@ -144,9 +153,21 @@ def main():
   parser.add_argument(
     "--warmup", type=int, default=2, help="untimed steps per side after compiling"
   )
+  parser.add_argument(
+    "--cpu_devices",
+    type=int,
+    default=0,
+    help="XLA devices flaxlm splits the CPU into, data-parallel (0: the shape's config; -1: one per core)",
+  )
+  parser.add_argument(
+    "--attention_impl", default="", help="flaxlm attention: xla | einsum ('': auto, einsum on CPU)"
+  )
   args = parser.parse_args()
-  dims, batch, seq, steps, rounds = SHAPES[args.shape]
+  dims, batch, seq, steps, rounds, cpu_devices = SHAPES[args.shape]
   steps, rounds = args.steps or steps, args.rounds or rounds
+  devices = cli.use_cpu_devices(args.cpu_devices or cpu_devices, (batch,))
+  if args.attention_impl:
+    dims = dict(dims, attention_impl=args.attention_impl)
   torch.set_num_threads(CORES)
 
   peak = matmul_peak()
@@ -170,6 +191,8 @@ def main():
         "steps_per_block": steps,
         "rounds": rounds,
         "threads": CORES,
+        "flaxlm_cpu_devices": devices,
+        "flaxlm_attention": layers.resolve_attention_impl(sides["flaxlm"].config.attention_impl),
         "flaxlm_tokens_per_sec": round(tps["flaxlm"], 1),
         "torch_tokens_per_sec": round(tps["torch"], 1),
         "ratio": round(tps["flaxlm"] / tps["torch"], 3),

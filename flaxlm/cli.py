@@ -97,6 +97,40 @@ def init_distributed():
     jax.distributed.initialize()
 
 
+def cpu_device_count(requested: int, cores: int, batch_sizes: tuple[int, ...] = ()) -> int:
+  """`requested`, or for -1 one per core lowered to the largest count dividing every batch size."""
+  if requested == -1:
+    return max(n for n in range(1, max(cores, 1) + 1) if all(b % n == 0 for b in batch_sizes))
+  if requested < 1:
+    raise ValueError(f"cpu_devices={requested}; use a positive count, or -1 for one per core")
+  return requested
+
+
+def use_cpu_devices(requested: int, batch_sizes: tuple[int, ...] = ()) -> int:
+  """Splits this host's CPU into XLA devices (`cpu_device_count`); call it before JAX runs.
+
+  The mesh then spreads batches over them data-parallel, one core each: for small models
+  this beats spreading each op over threads, which costs more than such small ops take
+  (4 x 128 GPT on 2 cores: ~20% faster per step; a GPT-2 small step is ~20% slower, its
+  matmuls already use every core). Only the CPU backend reads it (GPU/TPU runs are
+  unaffected), and a device count forced through XLA_FLAGS wins. Returns the count asked
+  for (1: JAX's default, nothing changed)."""
+  import jax
+
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  count = cpu_device_count(requested, cores or 1, batch_sizes)
+  if count == 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return 1
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError:  # JAX is already running (e.g. train() called from a notebook)
+    logging.getLogger("flaxlm").warning(
+      "cpu_devices=%d ignored: JAX had already started; set it before any JAX call", count
+    )
+    return 1
+  return count
+
+
 def config_value(holder):
   """The parsed config; a missing or unloadable config file fails here with one line."""
   try:

@@ -85,6 +85,9 @@ def default_config() -> ml_collections.ConfigDict:
   # ([] = flaxlm.sharding.DEFAULT_RULES).
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   c.logical_axis_rules = []
+  # CPU-only hosts: XLA devices to split the cores into (train.py; -1: one per core). Small
+  # models train faster data-parallel over one device per core; see cli.use_cpu_devices.
+  c.cpu_devices = 1
   return c
 
 
@@ -116,6 +119,7 @@ class RunConfig:
   sample_prompt: str
   mesh: dict
   logical_axis_rules: tuple
+  cpu_devices: int
 
 
 def from_config_dict(c: ml_collections.ConfigDict) -> RunConfig:
@@ -171,6 +175,7 @@ def from_config_dict(c: ml_collections.ConfigDict) -> RunConfig:
     sample_prompt=c.sample_prompt,
     mesh=c.mesh.to_dict(),
     logical_axis_rules=tuple(tuple(r) for r in c.logical_axis_rules),
+    cpu_devices=c.cpu_devices,
   )
 
 

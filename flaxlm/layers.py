@@ -44,7 +44,7 @@ class AttentionConfig:
   use_bias: bool = True
   position: str = "learned"  # rope is applied inside attention; the rest outside
   rope_theta: float = 10_000.0
-  attention_impl: str = "xla"  # 'xla' everywhere, 'cudnn' on NVIDIA GPUs
+  attention_impl: str = "auto"  # see ATTENTION_IMPLS
   dtype: jnp.dtype = jnp.float32
   init_std: float = 0.02
   out_init_std: float = 0.02  # GPT-2 scales residual projections by 1/sqrt(2 * layers)
@@ -149,6 +149,47 @@ class Einsum(nn.Module):
 # ----------------------------------------------------------------------------- attention
 
 
+def einsum_attention(
+  q: Array,  # (B, T, N, H)
+  k: Array,  # (B, S, K, H)
+  v: Array,  # (B, S, K, H)
+  mask: Array | None,  # (B, 1, T, S) bool
+  bias: Array | None,  # (B or 1, N, T, S)
+) -> Array:
+  """softmax(q k^T / sqrt(H) + bias) v, normalized after the value product: (B, T, N, H).
+
+  Same result as `jax.nn.dot_product_attention`, but the softmax denominator divides the
+  (B, T, N, H) output instead of the (B, N, T, S) probabilities, which spares a full pass
+  over the scores and the matching reduction in the backward pass (~10% of a small model's
+  train step on CPU). Query groups of K kv heads share them (grouped-query attention).
+  """
+  b, t, n, h = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, t, kv_heads, n // kv_heads, h) * jnp.asarray(h**-0.5, q.dtype)
+  scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k).astype(jnp.float32)
+  if bias is not None:
+    scores = scores + bias.reshape(bias.shape[0], kv_heads, n // kv_heads, *bias.shape[2:])
+  if mask is not None:
+    scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+  # Subtracting the row max keeps exp() in range; it cancels in the ratio, so no gradient.
+  scores = scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True))
+  weights = jnp.exp(scores)  # unnormalized
+  out = jnp.einsum("BKGTS,BSKH->BTKGH", weights.astype(v.dtype), v)
+  denom = jnp.einsum("BKGTS->BTKG", weights)[..., None]
+  return (out / denom.astype(out.dtype)).reshape(b, t, n, h)
+
+
+# 'xla' and 'cudnn' are jax.nn.dot_product_attention's; 'einsum' is `einsum_attention`;
+# 'auto' is 'einsum' on CPU (measured faster there) and 'xla' on GPU/TPU.
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum")
+
+
+def resolve_attention_impl(impl: str) -> str:
+  if impl == "auto":
+    return "einsum" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
 class Attention(nn.Module):
   """Multi-head / grouped-query attention over `jax.nn.dot_product_attention`.
 
@@ -202,14 +243,13 @@ class Attention(nn.Module):
     q = nn.with_logical_constraint(q, ACT_BTNH)
     if self.decode and not cross:
       k, v, mask = self._update_cache(k, v, mask)
-    out = jax.nn.dot_product_attention(
-      q,
-      k,
-      v,
-      bias=bias,
-      mask=mask,
-      implementation=None if c.attention_impl == "xla" else c.attention_impl,
-    )  # (B, T, N, H)
+    impl = resolve_attention_impl(c.attention_impl)
+    if impl == "einsum":
+      out = einsum_attention(q, k, v, mask, bias)  # (B, T, N, H)
+    else:
+      out = jax.nn.dot_product_attention(
+        q, k, v, bias=bias, mask=mask, implementation=None if impl == "xla" else impl
+      )
     out = Einsum(
       "BTNH,NHD->BTD",
       (c.num_heads, c.head_dim, c.embed_dim),

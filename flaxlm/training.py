@@ -190,17 +190,20 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, objective, conf
   denom = jnp.maximum(sums["weight_sum"], 1.0)
   grads = jax.tree.map(lambda g: g / denom, grads)
   grad_norm = optim.global_norm(grads)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
   loss = sums["loss_sum"] / denom
-  # A non-finite loss or gradient leaves the state untouched; the host stops on `finite`.
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-  new_state = state.replace(
-    step=state.step + 1,
-    params=keep(params, state.params),
-    opt_state=keep(opt_state, state.opt_state),
+
+  def apply_update(params, opt_state, grads):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  # A non-finite loss or gradient leaves params and optimizer state untouched; the host stops
+  # on `finite`. A cond rather than jnp.where(finite, new, old): the where keeps both old and
+  # new state alive, so XLA copies every donated Adam moment (~6% of a small model's step).
+  params, opt_state = jax.lax.cond(
+    finite, apply_update, lambda p, o, g: (p, o), state.params, state.opt_state, grads
   )
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   metrics = {
     "loss": loss,
     "nll": sums["nll_sum"] / denom,

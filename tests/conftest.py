@@ -58,10 +58,11 @@ class Scripts:
   def __init__(self, data_dir: str, compile_cache: str):
     self.data_dir, self.compile_cache = data_dir, compile_cache
 
-  def env(self, devices: int = 1) -> dict:
+  def env(self, devices: int | None = 1) -> dict:
+    """None leaves the device count to the run (config.cpu_devices)."""
     env = dict(os.environ)
     env.update(
-      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}" if devices else "",
       JAX_PLATFORMS="cpu",
       JAX_COMPILATION_CACHE_DIR=self.compile_cache,
       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

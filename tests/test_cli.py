@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from flaxlm import cli
 from flaxlm.checkpoint import Checkpointer
 
 
@@ -30,6 +31,7 @@ COMMANDS = {
   "missing_workdir": ("train.py", [], True),
   "missing_text": ("train.py", ["--workdir={d}", "--config.dataset=text:/nonexistent/*.txt"], True),
   "train_2_steps": ("train.py", ["--workdir={d}", "--config.num_train_steps=2"], True),
+  "bad_cpu_devices": ("train.py", ["--workdir={d}", "--config.cpu_devices=0"], True),
   "generate_empty": ("generate.py", ["--workdir={d}"], False),
   "generate_missing": ("generate.py", ["--workdir={d}/typo"], False),
   "help": ("train.py", ["--help"], False),
@@ -158,3 +160,30 @@ def test_help_lists_the_flags(runs):
   assert "python train.py --config=configs/" in proc.stdout
   assert "--workdir" in proc.stdout
   assert "Traceback" not in proc.stderr
+
+
+def test_bad_cpu_devices(runs):
+  assert_one_line(runs["bad_cpu_devices"][0], "cpu_devices=0", "-1 for one per core")
+
+
+def test_cpu_device_count():
+  assert cli.cpu_device_count(1, cores=8) == 1
+  assert cli.cpu_device_count(3, cores=2) == 3  # an explicit count is taken as given
+  assert cli.cpu_device_count(-1, cores=2, batch_sizes=(12, 12)) == 2
+  assert cli.cpu_device_count(-1, cores=8, batch_sizes=(12, 32)) == 4  # divides both batches
+  assert cli.cpu_device_count(-1, cores=16, batch_sizes=(7,)) == 7
+  assert cli.cpu_device_count(-1, cores=4, batch_sizes=(9,)) == 3
+
+
+@pytest.mark.slow
+def test_cpu_devices_split_the_host_into_a_data_parallel_mesh(scripts, tmp_path):
+  """config.cpu_devices=2 on a host with no forced device count trains on a 2-device mesh."""
+  proc = scripts.run(
+    "train.py",
+    f"--workdir={tmp_path}",
+    "--config.num_train_steps=2",
+    "--config.cpu_devices=2",
+    devices=None,
+  )
+  assert proc.returncode == 0, proc.stderr
+  assert "mesh {'data': 2, 'fsdp': 1, 'tensor': 1}" in proc.stderr, proc.stderr

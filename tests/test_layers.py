@@ -1,6 +1,7 @@
 """Properties of flaxlm.layers: masks, positions, grouped-query attention and the KV cache."""
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -171,11 +172,55 @@ def test_grouped_query_equals_multi_head_with_repeated_kv():
   np.testing.assert_allclose(y_gqa, y_mha, atol=1e-5)
 
 
+# ----------------------------------------------------------------------------- implementations
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["mha", "gqa"])
+@pytest.mark.parametrize("masking", ["causal", "padding", "none"])
+def test_einsum_attention_equals_jax_dot_product_attention(kv_heads, masking):
+  """Values and gradients, with a T5-style bias, masks that leave a query nothing to see
+  (a padding row) and grouped kv heads."""
+  rng = np.random.default_rng(0)
+  n, h, s = 4, 8, 6
+  q = jnp.asarray(rng.normal(size=(B, T, n, h)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(B, s, kv_heads, h)), jnp.float32) for _ in range(2))
+  bias = jnp.asarray(rng.normal(size=(1, n, T, s)), jnp.float32)
+  if masking == "causal":
+    mask = jnp.tril(jnp.ones((T, s), bool))[None, None].repeat(B, 0)
+  elif masking == "padding":
+    q_seg = jnp.array([[1] * T, [1] * 5 + [0] * 3])
+    kv_seg = jnp.array([[1] * s, [1] * 4 + [0] * 2])
+    mask = layers.attention_mask(q_seg, kv_seg, causal=False)
+  else:
+    mask = None
+
+  def loss(fn, q, k, v, bias):
+    out = fn(q, k, v, mask, bias)
+    return jnp.sum(out * jnp.cos(out)), out
+
+  ref = lambda q, k, v, mask, bias: jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask)
+  grads = {}
+  for name, fn in [("xla", ref), ("einsum", layers.einsum_attention)]:
+    grad_fn = jax.jit(jax.grad(functools.partial(loss, fn), argnums=(0, 1, 2, 3), has_aux=True))
+    grads[name] = grad_fn(q, k, v, bias)
+  (g_ref, out_ref), (g_ein, out_ein) = grads["xla"], grads["einsum"]
+  assert np.isfinite(out_ein).all()
+  np.testing.assert_allclose(out_ein, out_ref, atol=1e-5)
+  for a, b in zip(g_ein, g_ref, strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
 # ----------------------------------------------------------------------------- KV cache
 
 
 @pytest.mark.parametrize(
-  "config", [CFG, dataclasses.replace(ROPE, num_kv_heads=2)], ids=["mha", "gqa_rope"]
+  "config",
+  [
+    CFG,
+    dataclasses.replace(ROPE, num_kv_heads=2, attention_impl="xla"),
+    dataclasses.replace(ROPE, num_kv_heads=2, attention_impl="einsum"),
+  ],
+  ids=["mha_auto", "gqa_rope_xla", "gqa_rope_einsum"],
 )
 def test_kv_cache_decoding_equals_full_causal_forward(config):
   x, pos = _inputs(), _positions()

@@ -50,7 +50,7 @@ class TransformerConfig:
   dtype: str = "float32"  # compute dtype; parameters stay float32
   scan_layers: bool = False
   remat_policy: str = "none"
-  attention_impl: str = "xla"  # xla | cudnn
+  attention_impl: str = "auto"  # auto: einsum on CPU, else xla | xla | cudnn (NVIDIA) | einsum
 
   POSITIONS = ("learned", "sinusoidal", "rope")
 
@@ -68,7 +68,7 @@ class TransformerConfig:
       ("activation", tuple(layers.ACTIVATIONS)),
       ("dtype", tuple(DTYPES)),
       ("remat_policy", tuple(REMAT_POLICIES)),
-      ("attention_impl", ("xla", "cudnn")),
+      ("attention_impl", layers.ATTENTION_IMPLS),
     ]:
       if getattr(self, field) not in allowed:
         raise ValueError(f"model.{field}={getattr(self, field)!r}; choose one of {allowed}")
