@@ -191,7 +191,8 @@ def resolve_attention_impl(impl: str) -> str:
 
 
 class Attention(nn.Module):
-  """Multi-head / grouped-query attention over `jax.nn.dot_product_attention`.
+  """Multi-head / grouped-query attention over `jax.nn.dot_product_attention` (on GPU/TPU) or
+  `einsum_attention` (on CPU), as `config.attention_impl` selects.
 
   Self-attention when `kv` is None, cross-attention otherwise. With `decode=True` keys and
   values go to a cache in the 'cache' collection: the first call (at `init`) sizes it from
