@@ -9,7 +9,8 @@ threads. After a warm-up (compilation included) that is not timed, timing blocks
 `--steps` steps alternate flaxlm, torch, flaxlm, torch ... for `--rounds` rounds, so that
 machine noise hits both alike; each side reports its median block. Also reported: flaxlm's
 model FLOP/s (`gpt.flops_per_token`) against the CPU's f32 matmul peak, measured with a
-jitted loop of 2048 x 2048 matmuls.
+jitted loop of 2048 x 2048 matmuls, and the same loop's rate in PyTorch (the ceiling each
+side's step works against).
 
 flaxlm runs each shape as its config would (see SHAPES): on the tiny shape that means one
 XLA device per core, data-parallel, instead of one device whose ops are split over threads.
@@ -79,6 +80,19 @@ def matmul_peak(n: int = 2048, reps: int = 8, trials: int = 3) -> float:
   for _ in range(trials):
     t0 = time.perf_counter()
     jax.block_until_ready(loop(a))
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n**3 * reps / best
+
+
+def torch_matmul_peak(n: int = 2048, reps: int = 8, trials: int = 3) -> float:
+  """The same measurement in PyTorch: f32 FLOP/s of `reps` n x n matmuls (best of `trials`)."""
+  a = torch.randn(n, n) / n**0.5
+  y = a @ a  # warm-up
+  best = float("inf")
+  for _ in range(trials):
+    t0 = time.perf_counter()
+    for _ in range(reps):
+      y = a @ y
     best = min(best, time.perf_counter() - t0)
   return 2 * n**3 * reps / best
 
@@ -170,7 +184,7 @@ def main():
     dims = dict(dims, attention_impl=args.attention_impl)
   torch.set_num_threads(CORES)
 
-  peak = matmul_peak()
+  peak, torch_peak = matmul_peak(), torch_matmul_peak()
   sides = {"flaxlm": FlaxlmSide(dims, batch, seq), "torch": TorchSide(dims, batch, seq)}
   for side in sides.values():
     side.run(args.warmup)  # flaxlm compiles here
@@ -201,6 +215,7 @@ def main():
           tps["torch"] * gpt.flops_per_token(sides["flaxlm"].config, seq)
         ),
         "matmul_peak_flops_per_sec": round(peak),
+        "torch_matmul_peak_flops_per_sec": round(torch_peak),
         "flaxlm_fraction_of_peak": round(flops / peak, 3),
         "flaxlm_block_seconds": [round(t, 3) for t in times["flaxlm"]],
         "torch_block_seconds": [round(t, 3) for t in times["torch"]],
