@@ -19,9 +19,10 @@ import sys
 from absl import flags
 
 from flaxlm import cli, seq2seq_decoding
-from flaxlm.models.bert import Bert
+from flaxlm.errors import DataError
+from flaxlm.models import registry
+from flaxlm.pretraining import load_trained
 from flaxlm.sampling import SamplingConfig, sample_text
-from flaxlm.trainer import load_trained
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a train.py workdir holding checkpoints/.")
 _PROMPT = flags.DEFINE_string("prompt", "", "text to continue, or (encoder-decoder) to map.")
@@ -47,7 +48,9 @@ def _read_lines(path: str) -> list[str]:
     with open(path, encoding="utf-8") as f:
       return [line.rstrip("\n") for line in f]
   except OSError as e:
-    sys.exit(f"generate.py: cannot read {path}: {e.strerror}")
+    raise DataError(f"cannot read {path}: {e.strerror}") from None
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path} is not UTF-8 text ({e.reason}); convert it first") from None
 
 
 def _sampling() -> SamplingConfig:
@@ -78,12 +81,37 @@ def _translate(trainable, params, tokenizer):
   if _REFERENCE_FILE.value:
     references = _read_lines(_REFERENCE_FILE.value)
     if len(references) != len(sources):
-      sys.exit(
-        f"generate.py: {_REFERENCE_FILE.value} has {len(references)} lines, "
-        f"the input {len(sources)}; they must align"
+      raise DataError(
+        f"{_REFERENCE_FILE.value} has {len(references)} lines, the input {len(sources)}; "
+        "they must align"
       )
     bleu = seq2seq_decoding.corpus_bleu(outputs, references)
     print(f"BLEU {bleu:.2f} (sacreBLEU, detokenized, {len(sources)} sentences)")
+
+
+def _continue(trainable, params, tokenizer):
+  texts = sample_text(
+    trainable,
+    params,
+    tokenizer,
+    _PROMPT.value,
+    _sampling(),
+    seed=_SEED.value,
+    num_samples=_NUM_SAMPLES.value,
+  )
+  for i, text in enumerate([texts] if isinstance(texts, str) else texts):
+    print(f"--- sample {i} ---\n{_PROMPT.value}{text}")
+
+
+def _refuse(trainable, params, tokenizer):
+  raise DataError(
+    f"{_WORKDIR.value} holds an encoder (masked LM), which does not generate text; decoders "
+    "(GPT) and encoder-decoders (T5, Transformer) do"
+  )
+
+
+# How each kind of model (registry.Family.kind) generates.
+GENERATORS = {"decoder": _continue, "encdec": _translate, "encoder": _refuse}
 
 
 def main(argv):
@@ -91,34 +119,9 @@ def main(argv):
   cli.setup_logging()
   if not _WORKDIR.value:
     sys.exit("generate.py: --workdir is required (the directory train.py wrote)")
-  try:
+  with cli.user_errors("generate.py"):
     trainable, params, tokenizer = load_trained(_WORKDIR.value)
-  except (FileNotFoundError, ValueError) as e:  # CheckpointMismatchError is a ValueError
-    sys.exit(f"generate.py: {e}")
-  if isinstance(trainable.model, Bert):
-    sys.exit(
-      f"generate.py: {_WORKDIR.value} holds a masked-LM encoder, which does not generate text; "
-      "decoders (GPT) and encoder-decoders (T5, Transformer) do"
-    )
-  if hasattr(trainable.model, "encode"):  # an encoder-decoder
-    try:
-      return _translate(trainable, params, tokenizer)
-    except ValueError as e:
-      sys.exit(f"generate.py: {e}")
-  try:
-    texts = sample_text(
-      trainable,
-      params,
-      tokenizer,
-      _PROMPT.value,
-      _sampling(),
-      seed=_SEED.value,
-      num_samples=_NUM_SAMPLES.value,
-    )
-  except ValueError as e:
-    sys.exit(f"generate.py: {e}")
-  for i, text in enumerate([texts] if isinstance(texts, str) else texts):
-    print(f"--- sample {i} ---\n{_PROMPT.value}{text}")
+    GENERATORS[registry.family_of_model(trainable.model).kind](trainable, params, tokenizer)
 
 
 if __name__ == "__main__":

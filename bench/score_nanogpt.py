@@ -27,9 +27,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flaxlm import checkpoint, trainer  # noqa: E402
+from flaxlm import checkpoint, pretraining  # noqa: E402
 from flaxlm.config import from_saved  # noqa: E402
-from flaxlm.data import pipeline, tokenizers  # noqa: E402
+from flaxlm.data import corpus, pipeline, tokenizers  # noqa: E402
 
 
 def flaxlm_eval_windows(workdir: str) -> tuple[list[str], list[str], float]:
@@ -41,13 +41,13 @@ def flaxlm_eval_windows(workdir: str) -> tuple[list[str], list[str], float]:
     sys.exit(f"score_nanogpt.py: no flaxlm checkpoint in {workdir}; train one with train.py first")
   run = from_saved(meta["config"])
   tokenizer = tokenizers.tokenizer_from_json(meta["tokenizer"])
-  corpus = pipeline.load_corpus(run.data, run.tokenizer, os.path.join(workdir, "data"), tokenizer)
+  data = corpus.load_corpus(run.data, run.tokenizer, os.path.join(workdir, "data"), tokenizer)
   batches = pipeline.eval_batches(
-    corpus.validation,
+    data.validation,
     run.data,
     run.eval_batch_size,
     run.eval_batches,
-    trainer.run_objective(run, tokenizer),
+    pretraining.run_objective(run, tokenizer),
   )
   inputs = [tokenizer.decode(row) for b in batches for row in b["inputs"]]
   targets = [tokenizer.decode(row) for b in batches for row in b["targets"]]

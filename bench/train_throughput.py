@@ -106,13 +106,13 @@ class FlaxlmSide:
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     self.trainable = training.Trainable(
       gpt.GPT(self.config),
-      optim.make_optimizer(oc),
+      lambda boxed: optim.make_optimizer(oc, boxed),
       optim.schedule(oc),
       mesh,
       sharding.DEFAULT_RULES,
       objectives.causal_lm,
       training.StepConfig(),
-      (batch, seq),
+      training.token_init(gpt.GPT(self.config), batch, seq),
     )
     self.state = self.trainable.init_state(0)
     self.batch_sharding = sharding.batch_sharding(mesh)
@@ -128,7 +128,7 @@ class FlaxlmSide:
         "targets": tokens[:, 1:],
         "weights": np.ones(self.shape, np.float32),
       }
-      batch = pipeline.to_global(batch, self.batch_sharding)
+      batch = sharding.to_global(batch, self.batch_sharding)
       self.state, metrics = self.trainable.train_step(self.state, batch)
     return float(jax.block_until_ready(metrics["loss"]))
 

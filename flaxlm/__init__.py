@@ -1,0 +1,119 @@
+"""flaxlm: pretrain and fine-tune GPT, BERT/RoBERTa and T5-style transformers in JAX/Flax.
+
+The curated API for JAX code that imports flaxlm (the entry points train.py, finetune.py and
+generate.py use the same functions):
+
+  import flaxlm
+
+  c = flaxlm.finetune_config()                      # every key, with its default
+  flaxlm.use_model_preset(c, "lstm", "bilstm")      # or c.init_from = "<a train.py workdir>"
+  c.tokenizer.kind = "word"
+  c.train_data, c.eval_data = "tsv:train.tsv", "tsv:dev.tsv"
+  c.columns.text = "sentence"
+  result = flaxlm.finetune(c, "/tmp/sst2")           # trains, evaluates the best checkpoint
+  model = flaxlm.load("/tmp/sst2")
+  flaxlm.predict(model, [{"sentence": "a gripping, funny film"}])
+
+Modules: models (GPT, Bert, EncoderDecoder, BiLSTM, TaskModel), tasks (TASKS), the training
+loop (`flaxlm.loop.run`), sampling and sequence-to-sequence decoding.
+"""
+
+from __future__ import annotations
+
+from flaxlm.config import default_config, model_preset
+from flaxlm.config_finetune import finetune_config, task_block
+from flaxlm.config_finetune import with_model_preset as use_model_preset
+from flaxlm.loop import run as training_loop
+from flaxlm.models.bert import PRESETS as BERT_PRESETS
+from flaxlm.models.bert import Bert, BertConfig
+from flaxlm.models.encdec import PRESETS as ENCDEC_PRESETS
+from flaxlm.models.encdec import EncDecConfig, EncoderDecoder
+from flaxlm.models.gpt import GPT, GPTConfig
+from flaxlm.models.gpt import PRESETS as GPT_PRESETS
+from flaxlm.models.heads import TaskModel
+from flaxlm.models.lstm import BiLSTM, LSTMConfig
+from flaxlm.models.registry import FAMILIES
+from flaxlm.sampling import SamplingConfig, sample_text
+from flaxlm.tasks import TASKS, Columns, Task
+from flaxlm.training import Trainable, TrainState
+
+__all__ = [
+  "BERT_PRESETS",
+  "ENCDEC_PRESETS",
+  "FAMILIES",
+  "GPT",
+  "GPT_PRESETS",
+  "TASKS",
+  "Bert",
+  "BertConfig",
+  "BiLSTM",
+  "Columns",
+  "EncDecConfig",
+  "EncoderDecoder",
+  "GPTConfig",
+  "LSTMConfig",
+  "SamplingConfig",
+  "Task",
+  "TaskModel",
+  "TrainState",
+  "Trainable",
+  "default_config",
+  "evaluate",
+  "finetune",
+  "finetune_config",
+  "load",
+  "model_preset",
+  "predict",
+  "pretrain",
+  "sample_text",
+  "task_block",
+  "training_loop",
+  "use_model_preset",
+]
+
+
+def pretrain(config, workdir: str) -> dict:
+  """Pretrains (train.py's job) from a config made with `default_config()`; resumes."""
+  from flaxlm import config as run_config
+  from flaxlm import pretraining
+
+  run = config if isinstance(config, run_config.RunConfig) else run_config.from_config_dict(config)
+  json = pretraining.dump_config_json(config) if hasattr(config, "to_json_best_effort") else None
+  return pretraining.train(run, workdir, json)
+
+
+def finetune(config, workdir: str) -> dict:
+  """Fine-tunes (finetune.py's job) from a config made with `finetune_config()`; resumes.
+  Returns the best checkpoint's dev metrics, with the trained `model`."""
+  from flaxlm import config_finetune as ft_config
+  from flaxlm import finetuning, pretraining
+
+  ft = (
+    config if isinstance(config, ft_config.FinetuneConfig) else ft_config.from_config_dict(config)
+  )
+  json = pretraining.dump_config_json(config) if hasattr(config, "to_json_best_effort") else None
+  return finetuning.train(ft, workdir, json)
+
+
+def load(workdir: str, mesh=None):
+  """A trained workdir: a fine-tuning run's best model (`finetuning.Model`: task, trainable,
+  params, tokenizer), or a pretraining run's (trainable, params, tokenizer)."""
+  from flaxlm import finetuned, pretraining
+
+  if finetuned.workdir_kind(workdir) == "finetune":
+    return finetuned.load(workdir, mesh)
+  return pretraining.load_trained(workdir, mesh)
+
+
+def predict(model, records: list[dict], batch_size: int = 32) -> list[dict]:
+  """The task's output for each record (dicts with the model's columns), in order."""
+  from flaxlm import finetuned
+
+  return finetuned.predict_records(model, records, batch_size)
+
+
+def evaluate(model, records: list[dict], batch_size: int = 32) -> dict:
+  """The task's metrics of a loaded model on labelled records."""
+  from flaxlm import finetuned
+
+  return finetuned.evaluate_records(model, records, batch_size)

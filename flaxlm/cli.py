@@ -3,12 +3,15 @@ clean errors, logging, and multi-host start-up through `jax.distributed`."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sys
 
 from absl import app, flags
+
+from flaxlm.errors import FlaxlmError
 
 FLAGS = flags.FLAGS
 
@@ -59,6 +62,16 @@ def _exit_bad_override(argv: list[str], e: Exception):
     f"{os.path.basename(argv[0])}: bad config override ({text}). "
     f"Overrides given: {['--config.' + k for k in key]}"
   )
+
+
+@contextlib.contextmanager
+def user_errors(program: str):
+  """Exits with `<program>: <message>` (status 1, no traceback) on an error the user can fix:
+  every flaxlm error names the culprit and the fix, and a traceback would bury it."""
+  try:
+    yield
+  except FlaxlmError as e:
+    sys.exit(f"{program}: {e}")
 
 
 def setup_logging():

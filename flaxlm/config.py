@@ -14,10 +14,13 @@ import difflib
 import ml_collections
 
 from flaxlm import optim
-from flaxlm.data.pipeline import DataConfig
+from flaxlm.data.spec import DataConfig
 from flaxlm.data.tokenizers import TokenizerConfig
+from flaxlm.errors import ConfigError
+from flaxlm.loop import LoopConfig
+from flaxlm.losses import LossConfig
 from flaxlm.models import registry
-from flaxlm.objectives import LossConfig, MaskingConfig, SpanCorruptionConfig
+from flaxlm.objectives import MaskingConfig, SpanCorruptionConfig
 from flaxlm.training import StepConfig
 
 
@@ -25,7 +28,7 @@ def model_preset(family: str, name: str) -> ml_collections.ConfigDict:
   """The `config.model` block of a named preset, e.g. model_preset('gpt', 'gpt2_small')."""
   presets = registry.family_of(family).presets
   if name not in presets:
-    raise ValueError(f"{family} has no preset {name!r}; presets: {sorted(presets)}")
+    raise ConfigError(f"{family} has no preset {name!r}; presets: {sorted(presets)}")
   return ml_collections.ConfigDict(dataclasses.asdict(presets[name]))
 
 
@@ -53,6 +56,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.pairs_per_example = 1
   c.pad_vocab_to = 128  # model vocab rounded up for fast, evenly sharded embeddings
 
+  add_training_keys(c)
+  c.eval_batches = 8
+  c.sample_tokens = 200  # tokens sampled after training (0: none)
+  c.sample_prompt = ""
+  return c
+
+
+def add_training_keys(c: ml_collections.ConfigDict) -> None:
+  """The keys pretraining and fine-tuning share: optimization, reporting, sharding."""
   # Optimization.
   c.num_train_steps = 1000
   c.batch_size = 32  # global, in sequences: batch_size * seq_len tokens per step
@@ -65,6 +77,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.decay_embeddings = False
   c.b1 = 0.9
   c.b2 = 0.95
+  c.layer_decay = 1.0  # < 1: layer-wise learning-rate decay (lower layers learn slower)
   c.grad_clip_norm = 1.0
   c.label_smoothing = 0.0
   c.z_loss = 0.0
@@ -73,13 +86,10 @@ def default_config() -> ml_collections.ConfigDict:
   # Reporting and checkpoints.
   c.log_every = 50
   c.eval_every = 250
-  c.eval_batches = 8
   c.eval_batch_size = 32
   c.checkpoint_every = 500
   c.keep_checkpoints = 3
   c.peak_flops = 0.0  # per-device peak FLOP/s for MFU where the device is not in the table
-  c.sample_tokens = 200  # tokens sampled after training (0: none)
-  c.sample_prompt = ""
 
   # Sharding: mesh axis sizes (-1 takes the remaining devices) and logical-axis rules
   # ([] = flaxlm.sharding.DEFAULT_RULES).
@@ -88,7 +98,6 @@ def default_config() -> ml_collections.ConfigDict:
   # CPU-only hosts: XLA devices to split the cores into (train.py; -1: one per core). Small
   # models train faster data-parallel over one device per core; see cli.use_cpu_devices.
   c.cpu_devices = 1
-  return c
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +130,32 @@ class RunConfig:
   logical_axis_rules: tuple
   cpu_devices: int
 
+  @property
+  def loop(self) -> LoopConfig:
+    return LoopConfig(
+      num_train_steps=self.num_train_steps,
+      log_every=self.log_every,
+      eval_every=self.eval_every,
+      checkpoint_every=self.checkpoint_every,
+      peak_flops=self.peak_flops,
+    )
+
+
+def optim_config(c: ml_collections.ConfigDict) -> optim.OptimConfig:
+  return optim.OptimConfig(
+    learning_rate=c.learning_rate,
+    schedule=c.schedule,
+    warmup_steps=c.warmup_steps,
+    decay_steps=c.num_train_steps,
+    min_learning_rate=c.min_learning_rate,
+    b1=c.b1,
+    b2=c.b2,
+    weight_decay=c.weight_decay,
+    decay_embeddings=c.decay_embeddings,
+    grad_clip_norm=c.grad_clip_norm,
+    layer_decay=c.layer_decay,
+  )
+
 
 def from_config_dict(c: ml_collections.ConfigDict) -> RunConfig:
   check_keys(c)
@@ -145,18 +180,7 @@ def from_config_dict(c: ml_collections.ConfigDict) -> RunConfig:
       seed=c.seed,
     ),
     tokenizer=TokenizerConfig(**c.tokenizer.to_dict()),
-    optim=optim.OptimConfig(
-      learning_rate=c.learning_rate,
-      schedule=c.schedule,
-      warmup_steps=c.warmup_steps,
-      decay_steps=c.num_train_steps,
-      min_learning_rate=c.min_learning_rate,
-      b1=c.b1,
-      b2=c.b2,
-      weight_decay=c.weight_decay,
-      decay_embeddings=c.decay_embeddings,
-      grad_clip_norm=c.grad_clip_norm,
-    ),
+    optim=optim_config(c),
     step=StepConfig(
       accum_steps=c.accum_steps, loss=LossConfig(label_smoothing=c.label_smoothing, z_loss=c.z_loss)
     ),
@@ -204,12 +228,12 @@ def check_keys(
   """Fails on a key that the defaults do not have, naming the closest valid keys."""
   reference = default_config() if reference is None else reference
   for key in c.keys():
-    if key == "model":  # model fields are checked against the family's config class
+    if key in ("model", "task"):  # checked against the family's / task's config class
       continue
     if key not in reference:
       close = difflib.get_close_matches(key, list(reference.keys()), n=3)
       hint = f"; did you mean {', '.join(prefix + k for k in close)}?" if close else ""
-      raise KeyError(f"unknown config key {prefix + key!r}{hint}")
+      raise ConfigError(f"unknown config key {prefix + key!r}{hint}")
     if isinstance(c[key], ml_collections.ConfigDict) and key not in ("mesh",):
       check_keys(c[key], reference[key], prefix + key + ".")
 

@@ -4,8 +4,16 @@ same tokens (microbatches, devices, hosts) divides by the same total.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  label_smoothing: float = 0.0
+  z_loss: float = 0.0
 
 
 def cross_entropy(

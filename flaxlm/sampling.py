@@ -12,6 +12,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from flaxlm.errors import DataError
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
@@ -108,7 +110,7 @@ def sample_text(
   # Learned and sinusoidal positions are tables of max_len rows; JAX would clamp a position
   # past the end silently. RoPE has no such limit.
   if position in ("learned", "sinusoidal") and limit and len(ids) + config.max_new_tokens > limit:
-    raise ValueError(
+    raise DataError(
       f"prompt ({len(ids)} tokens) + {config.max_new_tokens} new tokens exceeds the model's "
       f"max_len={limit} {position} positions; ask for fewer tokens"
     )

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxlm import beam_search as beam
+from flaxlm.errors import DataError
 from flaxlm.objectives.text_to_text import seq2seq_ids
 from flaxlm.sampling import SamplingConfig, choose
 
@@ -131,7 +132,7 @@ def translate(
   model = trainable.model
   c = model.config
   if c.position in ("learned", "sinusoidal") and config.max_len > c.max_len:
-    raise ValueError(
+    raise DataError(
       f"max_len={config.max_len} target tokens exceed the model's max_len={c.max_len} positions"
     )
   encoded = [tokenizer.encode(t)[: c.max_len - 1] + [eos_id] for t in texts]

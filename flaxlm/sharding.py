@@ -40,6 +40,8 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
   ("layers", None),
   ("relpos_buckets", None),
   ("num_types", None),
+  ("labels", None),
+  ("char_vocab", None),
 )
 
 
@@ -83,9 +85,20 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules):
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-  """Batches split their leading axis over every data-parallel axis."""
-  return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+def strip_axes(tree):
+  """A tree of (abstract) boxed parameters without its logical-axis boxes. Unlike
+  `nn.meta.unbox` it adds no sharding constraint, so it works outside a traced function."""
+  return jax.tree.map(
+    lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x,
+    tree,
+    is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata),
+  )
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batches split their leading axis over every data-parallel axis; the rest is replicated,
+  whatever the rank (per-example labels (B,), tokens (B, T), features (B, T, F))."""
+  return NamedSharding(mesh, P(("data", "fsdp")))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -94,3 +107,22 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def data_parallel_size(mesh: Mesh) -> int:
   return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def process_rows(sharding: jax.sharding.Sharding, global_shape: tuple[int, ...]) -> np.ndarray:
+  """The global batch rows this process's devices hold under `sharding`, in order."""
+  rows = set()
+  for index in sharding.addressable_devices_indices_map(global_shape).values():
+    rows.update(range(*index[0].indices(global_shape[0])))
+  return np.array(sorted(rows))
+
+
+def to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+  """A global numpy batch -> jax.Arrays laid out by `sharding` (leading axis split over the
+  data-parallel devices; any rank), each host sending only its rows."""
+  out = {}
+  for key, value in batch.items():
+    value = np.asarray(value)
+    rows = process_rows(sharding, value.shape)
+    out[key] = jax.make_array_from_process_local_data(sharding, value[rows], value.shape)
+  return out

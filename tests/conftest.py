@@ -1,11 +1,22 @@
-"""Every test runs on CPU with 8 emulated devices, so sharded code paths are exercised."""
+"""Every test runs on CPU with 8 emulated devices, so sharded code paths are exercised.
+
+Compiling dominates this suite (XLA:CPU takes seconds per program), so every test, and every
+train.py / finetune.py process a test starts, shares one persistent compilation cache: a
+program compiled once (the same model, shapes and mesh) is loaded from it afterwards."""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+COMPILE_CACHE = tempfile.mkdtemp(prefix="flaxlm_test_xla_cache_")
+os.environ.update(
+  JAX_COMPILATION_CACHE_DIR=COMPILE_CACHE,
+  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+)
 
 import pathlib  # noqa: E402
 import subprocess  # noqa: E402
@@ -102,12 +113,21 @@ class Scripts:
 @pytest.fixture(scope="session")
 def scripts(tmp_path_factory) -> Scripts:
   base = tmp_path_factory.getbasetemp()
-  return Scripts(str(base / "tfds"), str(base / "xla_cache"))
+  return Scripts(str(base / "tfds"), COMPILE_CACHE)
 
 
-def sgd_steps_on_mesh(model, loss, batch: dict, axes: tuple[int, int, int], steps: int = 3):
+def pytest_sessionfinish(session, exitstatus):
+  import shutil
+
+  shutil.rmtree(COMPILE_CACHE, ignore_errors=True)
+
+
+def sgd_steps_on_mesh(
+  model, loss, batch: dict, axes: tuple[int, int, int], steps: int = 3, init_batch=None
+):
   """(losses, params) of `steps` SGD train steps of `model` under objective `loss` on a
-  (data, fsdp, tensor) mesh of `axes` over the emulated devices.
+  (data, fsdp, tensor) mesh of `axes` over the emulated devices. The model is initialized on
+  token ids (1, 8), or on `init_batch` (a dict, for task models).
 
   SGD, not Adam: Adam's m / sqrt(v) turns float reassociation in near-zero gradients into
   lr-sized differences between layouts, which would hide real ones."""
@@ -116,20 +136,22 @@ def sgd_steps_on_mesh(model, loss, batch: dict, axes: tuple[int, int, int], step
   import optax
 
   from flaxlm import sharding
-  from flaxlm.training import StepConfig, Trainable
+  from flaxlm.training import StepConfig, Trainable, token_init
 
   mesh = sharding.make_mesh(
     dict(zip(sharding.MESH_AXES, axes, strict=True)), jax.devices()[: int(np.prod(axes))]
   )
   trainable = Trainable(
     model=model,
-    tx=optax.sgd(0.5),
+    optimizer=optax.sgd(0.5),
     schedule=optax.constant_schedule(0.5),
     mesh=mesh,
     rules=sharding.DEFAULT_RULES,
-    objective=loss,
+    loss=loss,
     step_config=StepConfig(),
-    init_shape=(1, 8),
+    init_params=token_init(model, 1, 8)
+    if init_batch is None
+    else (lambda rng: model.init(rng, init_batch)["params"]),
   )
   state = trainable.init_state(seed=0)
   losses = []
@@ -146,9 +168,9 @@ def sharded_equals_single_device():
   import jax
   import numpy as np
 
-  def check(model, loss, batch, axes):
-    want_losses, want = sgd_steps_on_mesh(model, loss, batch, (1, 1, 1))
-    got_losses, got = sgd_steps_on_mesh(model, loss, batch, axes)
+  def check(model, loss, batch, axes, init_batch=None):
+    want_losses, want = sgd_steps_on_mesh(model, loss, batch, (1, 1, 1), init_batch=init_batch)
+    got_losses, got = sgd_steps_on_mesh(model, loss, batch, axes, init_batch=init_batch)
     np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
       np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)

@@ -4,6 +4,7 @@ small SentencePiece model trained on it (cached for the session)."""
 import functools
 
 from flaxlm.data import sources, tokenizers
+from flaxlm.data.sentencepiece_tokenizer import SentencePieceTokenizer
 from flaxlm.data.tokenizers import TokenizerConfig
 
 
@@ -14,6 +15,6 @@ def training_docs() -> tuple[str, ...]:
 
 
 @functools.cache
-def sentencepiece(model_type: str = "bpe") -> tokenizers.SentencePieceTokenizer:
+def sentencepiece(model_type: str = "bpe") -> SentencePieceTokenizer:
   config = TokenizerConfig(kind="sentencepiece", vocab_size=400, model_type=model_type)
   return tokenizers.train_tokenizer(config, list(training_docs()))

@@ -12,7 +12,7 @@ import pytest
 from flaxlm import checkpoint, sharding
 from flaxlm.checkpoint import Checkpointer, CheckpointMismatchError
 from flaxlm.config import default_config, from_config_dict
-from flaxlm.trainer import build
+from flaxlm.pretraining import build
 
 # A failed Orbax restore leaves TensorStore callbacks that fire after their event loop closed.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -151,14 +151,17 @@ def test_damaged_state_is_reported_as_damaged(tmp_path, damage):
   assert str(tmp_path / "7") in message
 
 
-def test_damaged_meta_is_reported_as_damaged(tmp_path):
-  """A garbled metadata JSON raises CheckpointMismatchError saying it could not be read."""
+def test_damaged_meta_is_reported_as_damaged(tmp_path, caplog):
+  """A garbled metadata JSON: reading that step raises CheckpointMismatchError saying it could
+  not be read; looking for the newest readable checkpoint skips it with that warning."""
   save(tmp_path).close()
   for path in _files(tmp_path / "7", "meta/metadata"):
     path.write_text("{not json")
   ckpt = Checkpointer(str(tmp_path))
   with pytest.raises(CheckpointMismatchError, match="could not be read.*corrupt"):
-    ckpt.restore_meta()
+    ckpt.restore_meta(7)
+  assert ckpt.restore_meta() is None  # no other step to fall back to
+  assert "checkpoint" in caplog.text and "/7 could not be read" in caplog.text
   ckpt.close()
 
 
@@ -193,4 +196,4 @@ def test_check_shapes_names_the_leaf():
   a = {"w": jax.ShapeDtypeStruct((4, 8), np.float32)}
   r = {"w": np.zeros((4, 16), np.float32)}
   with pytest.raises(CheckpointMismatchError, match=r"\['w'\].*\(4, 16\).*\(4, 8\)"):
-    checkpoint._check_shapes(r, a, "somewhere/3")
+    checkpoint.check_shapes(r, a, "somewhere/3")

@@ -1,5 +1,7 @@
-"""Every file in configs/ loads, validates and builds its sharded abstract train state."""
+"""Every file in configs/ loads, validates and builds its sharded abstract train state:
+pretraining configs (train.py) and fine-tuning configs (finetune.py)."""
 
+import dataclasses
 import importlib.util
 import pathlib
 import types
@@ -7,11 +9,15 @@ import types
 import jax
 import pytest
 
-from flaxlm import sharding
+from flaxlm import config_finetune, finetuning, sharding
 from flaxlm.config import from_config_dict
-from flaxlm.trainer import build, run_objective
+from flaxlm.models import registry
+from flaxlm.pretraining import build, run_objective
+from flaxlm.tasks import task_class
 
 CONFIGS = sorted((pathlib.Path(__file__).parent.parent / "configs").glob("*.py"))
+PRETRAINING = [p for p in CONFIGS if not p.stem.startswith("finetune_")]
+FINETUNING = [p for p in CONFIGS if p.stem.startswith("finetune_")]
 
 
 def load(path):
@@ -19,6 +25,10 @@ def load(path):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def docstring(path) -> str:
+  return path.read_text().split('"""')[1]
 
 
 def test_configs_exist():
@@ -31,14 +41,20 @@ def test_configs_exist():
     "bert_tiny",
     "t5_tiny",
     "transformer_multi30k",
+    "finetune_sst2_lstm",
+    "finetune_conll2003_lstm",
   } <= names
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+# Stands in for the tokenizer a run trains: the reserved ids of every special_tokens layout.
+SPECIAL = {"pad": 0, "unk": 1, "eos": 2, "cls": 3, "sep": 4, "mask": 5}
+SPECIAL.update({f"sentinel_{i}": 6 + i for i in range(100)})
+
+
+@pytest.mark.parametrize("path", PRETRAINING, ids=lambda p: p.stem)
 def test_config_builds_abstract_state(path):
   config = load(path)
-  module_doc = path.read_text().split('"""')[1]
-  assert "python train.py --config=configs/" + path.name in module_doc, (
+  assert "python train.py --config=configs/" + path.name in docstring(path), (
     "docstring must say how to run it"
   )
   run = from_config_dict(config)
@@ -46,10 +62,7 @@ def test_config_builds_abstract_state(path):
   n = next(n for n in (8, 4, 2, 1) if run.batch_size % n == 0)
   mesh = sharding.make_mesh(run.mesh, jax.devices()[:n])
   vocab = run.tokenizer.vocab_size if run.tokenizer.kind == "sentencepiece" else 256
-  # Stands in for the tokenizer a run trains: the reserved ids of every special_tokens layout.
-  special = {"pad": 0, "unk": 1, "eos": 2, "cls": 3, "sep": 4, "mask": 5}
-  special.update({f"sentinel_{i}": 6 + i for i in range(100)})
-  tokenizer = types.SimpleNamespace(vocab_size=vocab, special_ids=special)
+  tokenizer = types.SimpleNamespace(vocab_size=vocab, special_ids=SPECIAL)
   objective = run_objective(run, tokenizer)
   assert objective.name == run.objective
   trainable = build(run, vocab, mesh)
@@ -63,12 +76,33 @@ def test_config_builds_abstract_state(path):
     s.shard_shape(leaf.shape)  # raises if the sharding does not divide the shape
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", FINETUNING, ids=lambda p: p.stem)
+def test_finetune_config_builds_its_task_model(path):
+  """A fine-tuning config validates, and (from scratch) builds its task model on 8 devices."""
+  config = load(path)
+  assert "python finetune.py --config=configs/" + path.name in docstring(path)
+  ft = config_finetune.from_config_dict(config)
+  if ft.init_from:  # the backbone comes from a pretraining run; its command is given
+    assert config.init_from_command.startswith("python train.py --config=configs/")
+    return
+  cls = task_class(ft.task_name)
+  family = registry.family_of(ft.model_family)
+  model_config = dataclasses.replace(
+    registry.model_config(ft.model_family, ft.model_overrides), vocab_size=1024
+  )
+  if getattr(model_config, "char_dim", 0):
+    model_config = dataclasses.replace(model_config, char_vocab_size=100)
+  tokenizer = types.SimpleNamespace(vocab_size=1000, special_ids=SPECIAL, eos_id=2, num_chars=100)
+  task = cls(ft.task, ft.columns, family, model_config, tokenizer, ["a", "b", "c"])
+  mesh = sharding.make_mesh(ft.mesh, jax.devices()[:8])
+  trainable = finetuning.build(task, ft.model_family, model_config, ft, mesh)
+  assert sum(x.size for x in jax.tree.leaves(trainable.abstract_state.params)) > 0
+
+
+@pytest.mark.parametrize("path", PRETRAINING, ids=lambda p: p.stem)
 def test_data_keys_reach_the_run(path):
   """Every DataConfig field is taken from the config key of the same name (a key that is
   read nowhere would silently keep its default, e.g. evaluating on the wrong text)."""
-  import dataclasses
-
   config = load(path)
   run = from_config_dict(config)
   for field in dataclasses.fields(run.data):

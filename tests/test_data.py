@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from samples import sentencepiece, training_docs
 
-from flaxlm.data import pipeline, sources
+from flaxlm.data import corpus, pipeline, sources, spec
 from flaxlm.data.tokenizers import TokenizerConfig
 from flaxlm.objectives import causal
 
@@ -97,16 +97,16 @@ def test_unknown_dataset_kind(spec, tmp_path):
 def test_windows_and_lm_example():
   """Windows tile the stream every `stride` tokens; targets are the inputs shifted by one."""
   tokens = np.arange(10, dtype=np.int32)
-  packed = pipeline.Windows(tokens, 4, 3)
+  packed = corpus.Windows(tokens, 4, 3)
   assert len(packed) == 3
   assert [list(packed[i]) for i in range(3)] == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
-  assert len(pipeline.Windows(tokens, 4, 1)) == 7
+  assert len(corpus.Windows(tokens, 4, 1)) == 7
   example = causal.lm_example(packed[1])
   np.testing.assert_array_equal(example["inputs"], [3, 4, 5])
   np.testing.assert_array_equal(example["targets"], [4, 5, 6])
   np.testing.assert_array_equal(example["weights"], np.ones(3, np.float32))
   with pytest.raises(ValueError, match="seq_len"):
-    pipeline.Windows(tokens, 11, 1)
+    corpus.Windows(tokens, 11, 1)
 
 
 def stream(n: int = 1000, seed: int = 0) -> np.ndarray:
@@ -115,7 +115,7 @@ def stream(n: int = 1000, seed: int = 0) -> np.ndarray:
 
 def test_train_batches_shapes_and_shift():
   """Batches are (batch, seq_len) int32, and every row's targets are its inputs shifted by one."""
-  config = pipeline.DataConfig(seq_len=16, seed=0)
+  config = spec.DataConfig(seq_len=16, seed=0)
   tokens = np.arange(500, dtype=np.int32)
   ds = pipeline.train_dataset(tokens, config, 4)
   for s in range(5):
@@ -129,7 +129,7 @@ def test_train_batches_shapes_and_shift():
 
 def test_train_epochs_are_permutations_reshuffled():
   """Each epoch visits every window exactly once, in a new order each epoch."""
-  config = pipeline.DataConfig(seq_len=4, seed=3)
+  config = spec.DataConfig(seq_len=4, seed=3)
   tokens = np.arange(41, dtype=np.int32)  # 10 windows of 5 tokens every 4
   ds = pipeline.train_dataset(tokens, config, 2)
   starts = np.concatenate([ds[s]["inputs"][:, 0] for s in range(15)])  # 3 epochs
@@ -142,10 +142,10 @@ def test_train_epochs_are_permutations_reshuffled():
 def test_train_batches_are_a_function_of_seed_and_step():
   """The batch of step s is the same whenever it is built; another seed gives another order."""
   tokens = stream()
-  config = pipeline.DataConfig(seq_len=8, seed=5)
+  config = spec.DataConfig(seq_len=8, seed=5)
   a = pipeline.train_dataset(tokens, config, 4)
   b = pipeline.train_dataset(tokens.copy(), config, 4)
-  other = pipeline.train_dataset(tokens, pipeline.DataConfig(seq_len=8, seed=6), 4)
+  other = pipeline.train_dataset(tokens, spec.DataConfig(seq_len=8, seed=6), 4)
   for s in (0, 1, 7, 30, 200):  # 200 is past the first epoch (124 windows)
     np.testing.assert_array_equal(a[s]["inputs"], b[s]["inputs"])
   assert any(not np.array_equal(a[s]["inputs"], other[s]["inputs"]) for s in range(3))
@@ -154,7 +154,7 @@ def test_train_batches_are_a_function_of_seed_and_step():
 def test_iterator_state_round_trip_resumes_the_stream():
   """Saving the iterator state and restoring it in a fresh iterator continues the same batches."""
   tokens = stream()
-  config = pipeline.DataConfig(seq_len=8, seed=1)
+  config = spec.DataConfig(seq_len=8, seed=1)
   ds = pipeline.train_dataset(tokens, config, 4)
   it = iter(ds.to_iter_dataset())
   for _ in range(7):
@@ -177,7 +177,7 @@ def test_iterator_state_round_trip_resumes_the_stream():
 
 def test_eval_batches_fixed_and_checked():
   """Eval batches are the first consecutive windows; too small a split fails clearly."""
-  config = pipeline.DataConfig(seq_len=4)
+  config = spec.DataConfig(seq_len=4)
   tokens = np.arange(100, dtype=np.int32)
   batches = pipeline.eval_batches(tokens, config, 3, 2)
   assert len(batches) == 2
@@ -199,33 +199,33 @@ def test_validation_is_held_out_tail(tmp_path):
   """Without a validation split, the last val_fraction of the token stream is held out: the
   two splits partition the stream and no training window reaches into validation."""
   docs = list(training_docs()[:6])
-  config = pipeline.DataConfig(
+  config = spec.DataConfig(
     dataset=write_docs(tmp_path / "text", docs), data_dir=str(tmp_path / "tfds"), seq_len=32
   )
-  corpus = pipeline.load_corpus(config, TokenizerConfig(kind="byte"), str(tmp_path / "cache"))
-  tok = corpus.tokenizer
+  data = corpus.load_corpus(config, TokenizerConfig(kind="byte"), str(tmp_path / "cache"))
+  tok = data.tokenizer
   full = np.concatenate([np.append(tok.encode(d), tok.eos_id) for d in docs])
-  assert len(corpus.validation) == len(full) - int(len(full) * 0.9)
-  np.testing.assert_array_equal(np.concatenate([corpus.train, corpus.validation]), full)
+  assert len(data.validation) == len(full) - int(len(full) * 0.9)
+  np.testing.assert_array_equal(np.concatenate([data.train, data.validation]), full)
   # Training windows index positions of the training stream only.
-  positions = np.arange(len(corpus.train), dtype=np.int32)
+  positions = np.arange(len(data.train), dtype=np.int32)
   ds = pipeline.train_dataset(positions, config, 8)
-  epoch = len(pipeline.Windows(positions, 33, 32)) // 8
+  epoch = len(corpus.Windows(positions, 33, 32)) // 8
   seen = np.concatenate([ds[s]["targets"].ravel() for s in range(epoch)])
-  assert seen.max() < len(corpus.train)
-  assert len(np.unique(seen)) > 0.9 * len(corpus.train)
+  assert seen.max() < len(data.train)
+  assert len(np.unique(seen)) > 0.9 * len(data.train)
 
 
 def test_load_corpus_caches_and_reuses_tokenizer(tmp_path, monkeypatch):
   """load_corpus writes tokens and tokenizer to the workdir once and reuses them; a tokenizer
   from a checkpoint wins over the cache; a changed dataset rebuilds."""
   docs = list(training_docs()[:4])
-  config = pipeline.DataConfig(
+  config = spec.DataConfig(
     dataset=write_docs(tmp_path / "text", docs), data_dir=str(tmp_path / "tfds"), seq_len=16
   )
   tok_config = TokenizerConfig(kind="sentencepiece", vocab_size=380)
   cache = tmp_path / "workdir" / "data"
-  first = pipeline.load_corpus(config, tok_config, str(cache))
+  first = corpus.load_corpus(config, tok_config, str(cache))
   assert {"train.npy", "validation.npy", "tokenizer.json", "corpus.json"} <= {
     p.name for p in cache.iterdir()
   }
@@ -236,29 +236,84 @@ def test_load_corpus_caches_and_reuses_tokenizer(tmp_path, monkeypatch):
   monkeypatch.setattr(
     sources, "open_source", lambda *a, **k: opened.append(a) or real_open(*a, **k)
   )
-  again = pipeline.load_corpus(config, tok_config, str(cache))
+  again = corpus.load_corpus(config, tok_config, str(cache))
   assert opened == []  # served from the cache
   assert again.tokenizer.to_json() == first.tokenizer.to_json()
   np.testing.assert_array_equal(again.train, first.train)
   np.testing.assert_array_equal(again.validation, first.validation)
-  same = pipeline.load_corpus(config, tok_config, str(cache), tokenizer=first.tokenizer)
+  same = corpus.load_corpus(config, tok_config, str(cache), tokenizer=first.tokenizer)
   assert opened == []
   np.testing.assert_array_equal(same.train, first.train)
 
   # The checkpoint's tokenizer differs from the cached one: re-tokenize with it.
   saved = sentencepiece()
-  resumed = pipeline.load_corpus(config, tok_config, str(cache), tokenizer=saved)
+  resumed = corpus.load_corpus(config, tok_config, str(cache), tokenizer=saved)
   assert len(opened) == 1
   assert resumed.tokenizer is saved
   expected = np.concatenate([np.append(saved.encode(d), saved.eos_id) for d in docs])
   np.testing.assert_array_equal(np.concatenate([resumed.train, resumed.validation]), expected)
 
   # Another dataset string is not served a stale cache.
-  other = pipeline.DataConfig(
+  other = spec.DataConfig(
     dataset=write_docs(tmp_path / "other", ["a different corpus " * 50]),
     data_dir=config.data_dir,
     seq_len=16,
   )
-  rebuilt = pipeline.load_corpus(other, TokenizerConfig(kind="byte"), str(cache))
+  rebuilt = corpus.load_corpus(other, TokenizerConfig(kind="byte"), str(cache))
   assert len(opened) == 2
   assert len(rebuilt.train) + len(rebuilt.validation) == len("a different corpus " * 50) + 1
+
+
+def test_trainer_never_feeds_validation_tokens(tmp_path, monkeypatch):
+  """What the training loop actually feeds: with the held-out tail made of characters the rest
+  of the corpus lacks, no training batch contains one."""
+  from flaxlm import loop, pretraining
+  from flaxlm.config import default_config, from_config_dict
+
+  text = "".join(chr(97 + i % 13) for i in range(1800)) + "0123456789" * 20  # last 200: digits
+  (tmp_path / "corpus.txt").write_text(text)
+  fed = []
+  to_global = loop.sharding.to_global
+  monkeypatch.setattr(loop.sharding, "to_global", lambda b, s: fed.append(b) or to_global(b, s))
+  c = default_config()
+  c.update(dataset=f"text:{tmp_path}/corpus.txt", data_dir=str(tmp_path / "tfds"), seq_len=16,
+           batch_size=8, eval_batch_size=8, eval_batches=1, num_train_steps=30, log_every=10,
+           eval_every=0, checkpoint_every=0, sample_tokens=0, val_fraction=0.1)  # fmt: skip
+  c.model.update(num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32, max_len=32)
+  c.tokenizer.kind = "char"
+  result = pretraining.train(from_config_dict(c), tmp_path / "workdir")
+  digits = {result["tokenizer"].encode(d)[0] for d in "0123456789"}
+  train_batches = fed[-30:]  # the eval set is laid out once, before the first step
+  assert all("targets" in b for b in train_batches) and len(fed) == 31
+  seen = np.unique(
+    np.concatenate([np.r_[b["inputs"].ravel(), b["targets"].ravel()] for b in train_batches])
+  )
+  assert not digits & set(seen.tolist())
+  assert digits <= set(np.unique(fed[0]["inputs"]).tolist())  # they are in validation
+
+
+def test_cache_is_rebuilt_when_an_input_or_a_token_shaping_key_changes(tmp_path):
+  """Editing a text: file, or swapping the text fields of a pairs dataset, rebuilds the cached
+  tokens instead of silently reusing them."""
+  text = tmp_path / "doc.txt"
+  text.write_text("first version " * 40)
+  config = spec.DataConfig(dataset=f"text:{text}", data_dir=str(tmp_path / "tfds"), seq_len=8)
+  tok = TokenizerConfig(kind="byte")
+  cache = tmp_path / "cache"
+  first = corpus.load_corpus(config, tok, cache)
+  text.write_text("second version, longer " * 40)
+  second = corpus.load_corpus(config, tok, cache)
+  assert len(second.train) != len(first.train)
+  assert second.tokenizer.decode(second.train[:14]) == "second version"
+  stamp = corpus.cache_stamp(config, tok)
+  for key in ("text_feature", "data_dir", "val_fraction"):
+    changed = corpus.cache_stamp(
+      spec.DataConfig(
+        **{
+          **config.__dict__,
+          key: {"text_feature": "en,de", "data_dir": "/elsewhere", "val_fraction": 0.2}[key],
+        }
+      ),
+      tok,
+    )
+    assert changed != stamp, key

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from flaxlm import objectives, seq2seq_decoding
-from flaxlm.data import pipeline, sources
+from flaxlm.data import corpus, pipeline, sources, spec
 from flaxlm.models import encdec
 from flaxlm.objectives import SpanCorruptionConfig, text_to_text
 
@@ -107,7 +107,7 @@ def test_span_corruption_rates():
 
 def test_span_corruption_example_fits_seq_len():
   obj = objectives.make_objective("span_corruption", TOKENIZER, seq_len=64)
-  window = obj.window_length(64)
+  window = len(obj.records(np.zeros(1000, np.int32), spec.DataConfig(seq_len=64), 0)[0])
   ex = obj.example(np.arange(window) % 60 + 30, np.random.default_rng(0))
   assert ex["inputs"].shape == (64,) and ex["targets"].shape == (obj.target_len,)
   n_in = int(ex["input_segments"].sum())
@@ -265,7 +265,7 @@ def write_pairs(tmp_path, n=40, target_lines=None):
 
 def test_pairs_source_tokenizer_and_packed_batches(tmp_path, tfds_dir):
   src, tgt = write_pairs(tmp_path)
-  data = pipeline.DataConfig(
+  data = spec.DataConfig(
     dataset=f"pairs:{tmp_path}/src.txt,{tmp_path}/tgt.txt",
     data_dir=tfds_dir,
     seq_len=24,
@@ -273,29 +273,29 @@ def test_pairs_source_tokenizer_and_packed_batches(tmp_path, tfds_dir):
   )
   from flaxlm.data.tokenizers import TokenizerConfig
 
-  corpus = pipeline.load_corpus(data, TokenizerConfig(kind="byte"), str(tmp_path / "cache"))
-  assert isinstance(corpus.train, pipeline.Pairs) and len(corpus.train) == 30
-  assert len(corpus.validation) == 10
-  s, t = corpus.train[3]
-  assert corpus.tokenizer.decode(s) == src[3] and corpus.tokenizer.decode(t) == tgt[3]
-  again = pipeline.load_corpus(data, TokenizerConfig(kind="byte"), str(tmp_path / "cache"))
-  np.testing.assert_array_equal(again.train.target, corpus.train.target)  # from the cache
+  pairs = corpus.load_corpus(data, TokenizerConfig(kind="byte"), str(tmp_path / "cache"))
+  assert isinstance(pairs.train, corpus.Pairs) and len(pairs.train) == 30
+  assert len(pairs.validation) == 10
+  s, t = pairs.train[3]
+  assert pairs.tokenizer.decode(s) == src[3] and pairs.tokenizer.decode(t) == tgt[3]
+  again = corpus.load_corpus(data, TokenizerConfig(kind="byte"), str(tmp_path / "cache"))
+  np.testing.assert_array_equal(again.train.target, pairs.train.target)  # from the cache
 
-  tok = corpus.tokenizer
+  tok = pairs.tokenizer
   obj = objectives.make_objective("seq2seq", tok, seq_len=24, pairs_per_example=2)
-  ds = pipeline.train_dataset(corpus.train, data, global_batch=4, objective=obj)
+  ds = pipeline.train_dataset(pairs.train, data, global_batch=4, objective=obj)
   batch = ds[0]
   assert batch["inputs"].shape == (4, 24) and batch["targets"].shape == (4, 24)
   assert batch["input_segments"].max() <= 2
   # every packed pair is a real (source, target) pair of the training split
-  known = {tuple(corpus.train[i][0]): tuple(corpus.train[i][1]) for i in range(30)}
+  known = {tuple(pairs.train[i][0]): tuple(pairs.train[i][1]) for i in range(30)}
   for row in range(4):
     for seg in (1, 2):
       s = batch["inputs"][row][batch["input_segments"][row] == seg][:-1]
       t = batch["targets"][row][batch["decoder_segments"][row] == seg][:-1]
       if len(s):
         assert known[tuple(s)] == tuple(t)
-  evals = pipeline.eval_batches(corpus.validation, data, 2, 10, obj)
+  evals = pipeline.eval_batches(pairs.validation, data, 2, 10, obj)
   assert len(evals) == 2  # 10 pairs, 2 per row, 2 rows per batch -> 2 full batches (+ a part)
 
 
@@ -306,7 +306,7 @@ def test_pairs_errors_name_the_problem(tmp_path, tfds_dir):
   with pytest.raises(ValueError, match="exactly two files"):
     sources.open_source(f"pairs:{tmp_path}/src.txt", tfds_dir)
   (tmp_path / "plain.txt").write_text("just text\n" * 50)
-  data = pipeline.DataConfig(dataset=f"text:{tmp_path}/plain.txt", data_dir=tfds_dir, seq_len=8)
+  data = spec.DataConfig(dataset=f"text:{tmp_path}/plain.txt", data_dir=tfds_dir, seq_len=8)
   from flaxlm.data.tokenizers import ByteTokenizer
 
   obj = objectives.make_objective("seq2seq", ByteTokenizer(), seq_len=8)

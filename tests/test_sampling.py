@@ -16,7 +16,7 @@ from flaxlm.data import tokenizers
 from flaxlm.models import gpt
 from flaxlm.objectives import causal_lm
 from flaxlm.sampling import SamplingConfig
-from flaxlm.training import StepConfig, Trainable
+from flaxlm.training import StepConfig, Trainable, token_init
 
 VOCAB, B, P, NEW = 64, 4, 4, 12  # P prompt tokens + NEW new ones = max_len
 LEARNED = gpt.GPTConfig(
@@ -109,6 +109,10 @@ def test_top_p_is_off_at_one_and_composes_with_top_k():
   np.testing.assert_array_equal(sampling.filter_logits(logits, 0, 1.0), logits)
   both = np.asarray(sampling.filter_logits(logits, 5, 0.999))
   assert (np.isfinite(both).sum(axis=-1) <= 5).all()  # top-p inside the top-5, never beyond
+  top_k = np.asarray(sampling.filter_logits(logits, 5, 1.0))
+  narrower = np.asarray(sampling.filter_logits(logits, 5, 0.5))
+  assert (np.isfinite(narrower).sum(-1) < np.isfinite(top_k).sum(-1)).any()  # p cuts further
+  assert (np.isfinite(narrower) <= np.isfinite(top_k)).all()
 
 
 def test_choose_samples_the_filtered_tempered_distribution():
@@ -199,13 +203,13 @@ def test_after_eos_a_row_keeps_emitting_eos():
 def trainable_for(config):
   return Trainable(
     model=gpt.GPT(config),
-    tx=optax.sgd(0.1),
+    optimizer=optax.sgd(0.1),
     schedule=optax.constant_schedule(0.1),
     mesh=sharding.make_mesh({}, devices=jax.devices()[:1]),
     rules=sharding.DEFAULT_RULES,
-    objective=causal_lm,
+    loss=causal_lm,
     step_config=StepConfig(),
-    init_shape=(1, 8),
+    init_params=token_init(gpt.GPT(config), 1, 8),
   )
 
 

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from flaxlm import checkpoint, config, sharding, trainer
-from flaxlm.data import pipeline
+from flaxlm import checkpoint, config, pretraining, sharding
 from flaxlm.models import gpt
 from flaxlm.training import TrainState
 
@@ -63,10 +62,10 @@ def run_config(model: gpt.GPTConfig, mesh=(1, 1, 1)):
 
 @functools.cache
 def build(name: str, mesh_shape: tuple[int, int, int]):
-  """trainer.build on a (data, fsdp, tensor) mesh of prod(mesh_shape) devices."""
+  """pretraining.build on a (data, fsdp, tensor) mesh of prod(mesh_shape) devices."""
   devices = jax.devices()[: int(np.prod(mesh_shape))]
   mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, mesh_shape, strict=True)), devices)
-  return trainer.build(run_config(MODELS[name], mesh_shape), VOCAB, mesh)
+  return pretraining.build(run_config(MODELS[name], mesh_shape), VOCAB, mesh)
 
 
 @functools.cache
@@ -110,7 +109,7 @@ def train(name: str, mesh_shape: tuple[int, int, int]):
   batch_sharding = sharding.batch_sharding(trainable.mesh)
   history = []
   for step in range(NUM_STEPS):
-    batch = pipeline.to_global(make_batch(step, packed=name == "llama"), batch_sharding)
+    batch = sharding.to_global(make_batch(step, packed=name == "llama"), batch_sharding)
     state, metrics = trainable.train_step(state, batch)
     history.append(jax.device_get(metrics))
   return state, history
@@ -198,9 +197,9 @@ def test_parameters_and_optimizer_state_are_sharded_by_the_rules():
 
 def test_batches_split_over_data_and_fsdp():
   mesh = build("llama", (2, 2, 2)).mesh
-  batch = pipeline.to_global(make_batch(0, packed=False), sharding.batch_sharding(mesh))
+  batch = sharding.to_global(make_batch(0, packed=False), sharding.batch_sharding(mesh))
   inputs = batch["inputs"]
-  assert inputs.sharding.spec == P(("data", "fsdp"), None)
+  assert inputs.sharding.spec == P(("data", "fsdp"))
   assert {s.data.shape for s in inputs.addressable_shards} == {(B // 4, T)}
   np.testing.assert_array_equal(inputs, make_batch(0, packed=False)["inputs"])
 

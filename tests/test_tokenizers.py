@@ -9,6 +9,7 @@ from samples import sentencepiece, training_docs
 
 from flaxlm.data import tokenizers
 from flaxlm.data.tokenizers import TokenizerConfig
+from flaxlm.data.wordpiece import WordPieceTokenizer
 from flaxlm.objectives import masked
 
 TEXTS = [
@@ -108,7 +109,7 @@ def test_unknown_tokenizer_kinds():
 
 
 @functools.cache
-def wordpiece(special_tokens: str = "bert") -> tokenizers.WordPieceTokenizer:
+def wordpiece(special_tokens: str = "bert") -> WordPieceTokenizer:
   config = TokenizerConfig(
     kind="wordpiece", vocab_size=600, special_tokens=special_tokens, lowercase=True
   )
@@ -147,7 +148,7 @@ def test_wordpiece_json_round_trip():
   the tokenizer it trained rather than training it again)."""
   tok = wordpiece()
   restored = tokenizers.tokenizer_from_json(json.loads(json.dumps(tok.to_json())))
-  assert type(restored) is tokenizers.WordPieceTokenizer
+  assert type(restored) is WordPieceTokenizer
   assert restored.special_ids == tok.special_ids and restored.vocab_size == tok.vocab_size
   for text in TEXTS:
     assert restored.encode(text) == tok.encode(text)
@@ -165,3 +166,40 @@ def test_wordpiece_t5_sentinels_and_unknown_characters():
     tokenizers.train_tokenizer(
       TokenizerConfig(kind="wordpiece", special_tokens="gpt"), list(training_docs())
     )
+
+
+# Trains every tokenizer kind on the same text and prints a digest of each; two processes
+# (each with its own hash seeds, which is what made Hugging Face's trainer differ) must agree.
+DIGESTS = """
+import hashlib, json
+from samples import training_docs
+from flaxlm.data import tokenizers
+docs = list(training_docs())
+for kind, extra in [("sentencepiece", {}), ("sentencepiece", {"model_type": "unigram"}),
+                    ("wordpiece", {"special_tokens": "bert", "lowercase": True}),
+                    ("byte", {}), ("char", {}), ("word", {"lowercase": True})]:
+  config = tokenizers.TokenizerConfig(kind=kind, vocab_size=500, **extra)
+  tok = tokenizers.train_tokenizer(config, docs)
+  print(kind, hashlib.sha256(json.dumps(tok.to_json(), sort_keys=True).encode()).hexdigest())
+"""
+
+
+def test_every_tokenizer_trains_the_same_in_two_processes():
+  """Two fresh runs of one config must train the same tokenizer (and so the same model)."""
+  import os
+  import pathlib
+  import subprocess
+  import sys
+
+  here = pathlib.Path(__file__).parent
+  env = {**os.environ, "PYTHONPATH": f"{here}:{here.parent}", "PYTHONHASHSEED": "random"}
+  outs = [
+    subprocess.run(
+      [sys.executable, "-c", DIGESTS], env=env, capture_output=True, text=True, timeout=300
+    )
+    for _ in range(2)
+  ]
+  for out in outs:
+    assert out.returncode == 0, out.stderr[-2000:]
+  assert len(outs[0].stdout.splitlines()) == 6
+  assert outs[0].stdout == outs[1].stdout

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from flaxlm.checkpoint import Checkpointer
-from flaxlm.trainer import load_trained
+from flaxlm.pretraining import load_trained
 
 pytestmark = pytest.mark.slow
 
@@ -35,17 +35,18 @@ LEARN = (
 RESUME = ("--config.num_train_steps=100", "--config.checkpoint_every=5", "--config.eval_every=10")
 COMPARED = ("loss", "grad_norm", "learning_rate", "accuracy", "eval_loss", "eval_accuracy")
 
-# train.py with a MetricsWriter that sends this process SIGTERM right after writing step
-# {step}: the signal lands while a step is being logged, at a step that is not a checkpoint.
+# train.py with a MetricsWriter that sends this process SIGTERM ({times} times) right after
+# writing step {step} (process 1 of a multi-process run calls write too; it writes nothing).
 SIGTERM_AT = """
 import os, runpy, signal, sys
-from flaxlm import metrics
-write = metrics.MetricsWriter.write
+from flaxlm import reporting
+write = reporting.MetricsWriter.write
 def write_then_sigterm(self, step, values):
   write(self, step, values)
   if step == {step}:
-    os.kill(os.getpid(), signal.SIGTERM)
-metrics.MetricsWriter.write = write_then_sigterm
+    for _ in range({times}):
+      os.kill(os.getpid(), signal.SIGTERM)
+reporting.MetricsWriter.write = write_then_sigterm
 sys.argv[0] = "train.py"
 runpy.run_path("train.py", run_name="__main__")
 """
@@ -200,9 +201,9 @@ HOST_TOKENIZER = """
 import sys, jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
-from flaxlm.data import pipeline, tokenizers
+from flaxlm.data import corpus, tokenizers
 mine = tokenizers.CharTokenizer.train(["abc" if jax.process_index() == 0 else "xyz!"])
-print("chars:" + pipeline.same_on_every_host(mine).chars)
+print("chars:" + corpus.same_on_every_host(mine).chars)
 """
 
 
@@ -315,25 +316,70 @@ def test_resume_after_sigkill_is_exact_for_encoders(scripts, tmp_path, family):
   assert_same_params(final_params(killed), final_params(reference))
 
 
-def test_sigterm_saves_current_step_and_resume_is_exact(scripts, reference, tmp_path):
-  """SIGTERM while step 12 is being logged saves step 12 (not a checkpoint step), exits with
-  status 0, and rerunning finishes exactly like the uninterrupted run."""
-  proc = scripts.run(("-c", SIGTERM_AT.format(step=12)), f"--workdir={tmp_path}", *RESUME)
+def test_sigterm_saves_at_once_skips_the_eval_and_resume_is_exact(scripts, reference, tmp_path):
+  """SIGTERM while step 9 is being logged stops after step 10, an eval step: step 10 is saved
+  without evaluating (a preemption notice leaves seconds), train.py exits with status 0, and
+  rerunning finishes exactly like the uninterrupted run."""
+  proc = scripts.run(("-c", SIGTERM_AT.format(step=9, times=1)), f"--workdir={tmp_path}", *RESUME)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "received SIGTERM: saved step 12" in proc.stderr
-  assert "final step 12" in proc.stdout
-  assert rows(tmp_path)[-1]["step"] == 12
+  assert "received SIGTERM: saved step 10" in proc.stderr
+  assert "stopped at step 10" in proc.stdout or "final step 10" in proc.stdout
+  assert rows(tmp_path)[-1]["step"] == 10 and "eval_loss" not in rows(tmp_path)[-1]
   ckpt = Checkpointer(str(tmp_path / "checkpoints"))
-  assert ckpt.latest_step() == 12
-  assert ckpt.restore_meta()["data_iterator"] == {"next_index": 12}
+  assert ckpt.latest_step() == 10
+  assert ckpt.restore_meta()["data_iterator"] == {"next_index": 10}
   ckpt.close()
 
   again = scripts.run("train.py", f"--workdir={tmp_path}", *RESUME)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert resumed_from(again.stderr) == 12
+  assert resumed_from(again.stderr) == 10
   assert sorted(by_step(tmp_path)) == list(range(1, 101))
   assert max_difference(rows(tmp_path), by_step(reference)) <= 1e-6
   assert_same_params(final_params(tmp_path), final_params(reference))
+
+
+def test_a_second_signal_exits_at_once(scripts, tmp_path):
+  proc = scripts.run(("-c", SIGTERM_AT.format(step=3, times=2)), f"--workdir={tmp_path}", *RESUME)
+  assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+  assert "saved step" not in proc.stderr
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(scripts, reference, tmp_path):
+  """Hosts that see a preemption at different steps must not take different branches: with
+  SIGTERM sent to process 1 only, both processes agree on a step (JAX's preemption sync
+  point), save it together and exit 0; rerunning both resumes from it and ends like the
+  uninterrupted run."""
+  port = free_port()
+  common = (f"--workdir={tmp_path}", *RESUME, f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2")  # fmt: skip
+  procs = [
+    start_train(scripts, tmp_path, "p0", *common, "--process_id=0", devices=2),
+    scripts.start(("-c", SIGTERM_AT.format(step=12, times=1)), *common, "--process_id=1",
+                  devices=2, stdout=open(tmp_path / "p1.out", "w"), stderr=open(tmp_path / "p1.err", "w")),
+  ]  # fmt: skip
+  for p in procs:
+    p.wait(timeout=300)
+  errs = [output(tmp_path, f"p{i}")[1] for i in range(2)]
+  for p, err in zip(procs, errs, strict=True):
+    assert p.returncode == 0, err[-3000:]
+  saved = [int(re.search(r"saved step (\d+)", err).group(1)) for err in errs]
+  assert saved[0] == saved[1] and 12 < saved[0] < 100, saved
+  assert rows(tmp_path)[-1]["step"] == saved[0]
+
+  port = free_port()
+  common = (f"--workdir={tmp_path}", *RESUME, f"--coordinator_address=127.0.0.1:{port}",
+            "--num_processes=2")  # fmt: skip
+  again = [
+    start_train(scripts, tmp_path, f"q{i}", *common, f"--process_id={i}", devices=2)
+    for i in range(2)
+  ]
+  for i, p in enumerate(again):
+    p.wait(timeout=300)
+    assert p.returncode == 0, output(tmp_path, f"q{i}")[1][-3000:]
+  assert resumed_from(output(tmp_path, "q0")[1]) == saved[0]
+  want = by_step(reference)
+  for r in rows(tmp_path):
+    assert r["loss"] == pytest.approx(want[r["step"]]["loss"], rel=2e-5, abs=0)
 
 
 def test_divergence_stops_at_the_bad_step(scripts, tmp_path):

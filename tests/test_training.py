@@ -4,7 +4,6 @@ import dataclasses
 import functools
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +14,7 @@ from flax import traverse_util
 from flaxlm import losses, optim, sharding
 from flaxlm.models import gpt
 from flaxlm.objectives import LossConfig, causal_lm
-from flaxlm.training import StepConfig, Trainable, TrainState
+from flaxlm.training import StepConfig, Trainable, TrainState, token_init
 
 VOCAB, B, T = 64, 8, 16
 TINY = gpt.GPTConfig(
@@ -25,7 +24,9 @@ TINY = gpt.GPTConfig(
 
 OPTIMIZERS = {
   "sgd": lambda: optax.sgd(0.5),
-  "adamw": lambda: optim.make_optimizer(optim.OptimConfig(learning_rate=1e-2, warmup_steps=0)),
+  "adamw": lambda: (
+    lambda boxed: optim.make_optimizer(optim.OptimConfig(learning_rate=1e-2, warmup_steps=0), boxed)
+  ),
 }
 
 
@@ -34,13 +35,13 @@ def make_trainable(accum_steps=1, opt="sgd", loss=LossConfig()) -> Trainable:
   """One jitted step per distinct setting for the whole module (compiling dominates here)."""
   return Trainable(
     model=gpt.GPT(TINY),
-    tx=OPTIMIZERS[opt](),
+    optimizer=OPTIMIZERS[opt](),
     schedule=optax.constant_schedule(0.5),
     mesh=sharding.make_mesh({"data": 1}, devices=jax.devices()[:1]),
     rules=sharding.DEFAULT_RULES,
-    objective=causal_lm,
+    loss=causal_lm,
     step_config=StepConfig(accum_steps=accum_steps, loss=loss),
-    init_shape=(1, 8),
+    init_params=token_init(gpt.GPT(TINY), 1, 8),
   )
 
 
@@ -185,7 +186,7 @@ def test_no_warmup_starts_at_peak():
 
 
 def test_unknown_schedule():
-  with pytest.raises(ValueError, match="'cosine', 'linear' or 'constant'"):
+  with pytest.raises(ValueError, match="'cosine', 'linear', 'constant'"):
     optim.schedule(optim.OptimConfig(schedule="exponential"))
 
 
@@ -196,7 +197,7 @@ def abstract_params(config):
   init = functools.partial(
     gpt.GPT(config).init, jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32)
   )
-  return nn.meta.unbox(jax.eval_shape(init)["params"])
+  return jax.eval_shape(init)["params"]  # boxed: logical axis names decide decay
 
 
 def flat_mask(params, **kw):
@@ -230,7 +231,8 @@ def test_adamw_decays_only_masked_leaves():
   tx = optim.make_optimizer(
     optim.OptimConfig(
       learning_rate=0.1, weight_decay=0.5, warmup_steps=0, schedule="constant", grad_clip_norm=0
-    )
+    ),
+    abstract_params(TINY),
   )
   zeros = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zeros, tx.init(params), params)
@@ -286,3 +288,32 @@ def test_step_config_loss_reaches_the_step():
   _, m = trainable.train_step(fresh_state(trainable), batch)
   np.testing.assert_allclose(m["loss"], want_loss, rtol=1e-5)
   np.testing.assert_allclose(m["nll"], want_nll, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt", "bert", "encdec", "lstm"])
+def test_decay_goes_by_role_in_every_family(family):
+  """Weight decay by each parameter's logical axes: every kernel decays; biases, norm scales,
+  BERT's per-vocabulary mlm_bias and lookup tables do not (tables only with decay_embeddings)."""
+  from flaxlm.models import registry
+
+  fam = registry.family_of(family)
+  preset = {"gpt": "tiny", "bert": "bert_tiny", "encdec": "t5_tiny", "lstm": "bilstm_char"}[family]
+  config = dataclasses.replace(fam.presets[preset], vocab_size=64)
+  if family == "lstm":
+    config = dataclasses.replace(config, char_vocab_size=20)
+    init = lambda: fam.module_cls(config).init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32), chars=jnp.ones((1, 8, 4), jnp.int32)
+    )
+  else:
+    init = lambda: fam.module_cls(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
+  boxed = jax.eval_shape(init)["params"]
+  for decay_embeddings in (False, True):
+    mask = flat_mask(boxed, decay_embeddings=decay_embeddings)
+    for path, decays in mask.items():
+      leaf = path.split("/")[-1]
+      if leaf == "kernel":
+        assert decays, path
+      elif leaf in ("bias", "scale", "mlm_bias"):
+        assert not decays, path
+      else:  # token, position, type, character and relative-position tables
+        assert leaf == "embedding" and decays == decay_embeddings, path

@@ -1,11 +1,7 @@
 """Text sources, every one a TFDS dataset read through `tfds.data_source` (ArrayRecord).
 
-`config.dataset` names the source:
-  builtin:python-docs        the CPython reference text in `pydoc_data.topics` (no download)
-  text:<path-or-glob>[,...]  local UTF-8 files; built into a TFDS dataset on first use
-  tfds:<name>[:split]        any TFDS catalog dataset with a text feature
-  pairs:<source>,<target>    parallel text: line i of one file translates line i of the other
-  tfds:<name> + text_feature='en,de'   a TFDS translation dataset as (source, target) pairs
+`config.dataset` names the source (see `flaxlm.data.spec` for the strings); local files are
+built into a TFDS dataset on first use.
 
 Records are {'text': bytes, 'index': int} (pairs: 'source' and 'target'); `index` keeps
 document order, which ArrayRecord shuffles at write time. One local file is one document.
@@ -14,7 +10,7 @@ document order, which ArrayRecord shuffles at write time. One local file is one 
 from __future__ import annotations
 
 import dataclasses
-import glob
+import difflib
 import hashlib
 import json
 import os
@@ -22,7 +18,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-DEFAULT_DATASET = "builtin:python-docs"
+from flaxlm.data import spec as specs
+from flaxlm.errors import ConfigError, DataError, DataNotFoundError
 
 
 def python_docs() -> list[str]:
@@ -76,7 +73,7 @@ class TextSource:
 
   def documents(self, split: str) -> list[str]:
     if self.is_pairs:
-      raise ValueError(
+      raise ConfigError(
         f"dataset {self.spec!r} holds source/target pairs; it trains the encoder-decoder "
         "objective 'seq2seq' (--config.objective=seq2seq --config.model_family=encdec)"
       )
@@ -84,15 +81,12 @@ class TextSource:
 
   def pairs(self, split: str) -> list[tuple[str, str]]:
     if not self.is_pairs:
-      raise ValueError(
+      raise ConfigError(
         f"the 'seq2seq' objective needs parallel text, e.g. --config.dataset=pairs:train.en,train.de"
         f" or a TFDS translation dataset with --config.text_feature=en,de (got {self.spec!r})"
       )
     a, b = self.text_feature.split(",")
     return [(_as_str(r[a]), _as_str(r[b])) for r in self._records(split)]
-
-  def fingerprint(self) -> str:
-    return hashlib.sha256(self.spec.encode()).hexdigest()[:16]
 
 
 def _as_str(x) -> str:
@@ -118,31 +112,25 @@ def _local_builder(name: str, records: list[dict], data_dir: str, fields=("text"
 
 
 def _read_files(pattern: str) -> tuple[list[str], list[str]]:
-  paths = []
-  for part in pattern.split(","):
-    matches = sorted(glob.glob(os.path.expanduser(part)))
-    if not matches:
-      raise FileNotFoundError(
-        f"dataset 'text:{pattern}': no file matches {part!r} (from {os.getcwd()}). "
-        "Pass an existing path or glob, e.g. --config.dataset=text:data/*.txt"
-      )
-    paths += matches
+  paths = specs.local_files(pattern)
   docs = []
   for p in paths:
     try:
       with open(p, encoding="utf-8") as f:
         docs.append(f.read())
     except UnicodeDecodeError as e:
-      raise ValueError(f"{p} is not UTF-8 text ({e}); convert it, e.g. iconv -t utf-8") from e
+      line = open(p, "rb").read()[: e.start].count(b"\n") + 1
+      raise DataError(
+        f"{p}:{line} is not UTF-8 text (byte {e.start}: {e.reason}); convert it, "
+        f"e.g. iconv -f latin1 -t utf-8 {p}"
+      ) from None
   return paths, docs
 
 
 def open_source(spec: str, data_dir: str, text_feature: str = "text") -> TextSource:
   """Opens (building on first use) the TFDS dataset behind a `config.dataset` string."""
-  kind, _, arg = spec.partition(":")
+  kind, arg = specs.parse(spec)
   if kind == "builtin":
-    if arg != "python-docs":
-      raise ValueError(f"unknown builtin dataset {arg!r}; the builtin is 'builtin:python-docs'")
     docs = [{"text": d} for d in python_docs()]
     return TextSource(spec, {"train": _local_builder("python_docs", docs, data_dir)})
   if kind == "text":
@@ -151,37 +139,56 @@ def open_source(spec: str, data_dir: str, text_feature: str = "text") -> TextSou
     records = [{"text": d} for d in docs]
     return TextSource(spec, {"train": _local_builder(name, records, data_dir)})
   if kind == "pairs":
+    specs.check(spec, "text")
     paths, docs = _read_files(arg)
-    if len(paths) != 2:
-      raise ValueError(
-        f"dataset {spec!r}: 'pairs:' takes exactly two files, source then target "
-        f"(matched {len(paths)}: {paths})"
-      )
     records = _aligned_lines(paths, docs)
     name = _files_fingerprint("p", paths)
     fields = ("source", "target")
     return TextSource(
       spec, {"train": _local_builder(name, records, data_dir, fields)}, "source,target"
     )
-  if kind == "tfds":
-    name, _, split = arg.partition(":")
-    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare()
-    available = set(builder.info.splits)
-    splits = {"train": builder.as_data_source(split=split or "train")}
-    for held_out in ("validation", "test"):
-      if held_out in available and held_out != (split or "train"):
-        splits["validation"] = builder.as_data_source(split=held_out)
-        break
-    return TextSource(spec, splits, text_feature)
-  raise ValueError(
-    f"config.dataset={spec!r}: use 'builtin:python-docs', 'text:<path-or-glob>', "
-    "'pairs:<source-file>,<target-file>' or 'tfds:<name>[:split]'"
-  )
+  name, _, split = arg.partition(":")
+  builder = tfds_builder(name, data_dir)
+  check_features(spec, builder, text_feature)
+  builder.download_and_prepare()
+  available = set(builder.info.splits)
+  if split and split.split("[")[0] not in available:
+    raise ConfigError(f"config.dataset={spec!r}: no split {split!r}; it has {sorted(available)}")
+  splits = {"train": builder.as_data_source(split=split or "train")}
+  for held_out in ("validation", "test"):
+    if held_out in available and held_out != (split or "train"):
+      splits["validation"] = builder.as_data_source(split=held_out)
+      break
+  return TextSource(spec, splits, text_feature)
+
+
+def tfds_builder(name: str, data_dir: str):
+  try:
+    return tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  except tfds.core.registered.DatasetNotFoundError:
+    close = difflib.get_close_matches(name.split("/")[0], tfds.list_builders(), n=3)
+    raise DataNotFoundError(
+      f"no TFDS dataset {name!r}"
+      + (f" (similar: {', '.join(close)})" if close else "")
+      + "; see https://www.tensorflow.org/datasets/catalog"
+    ) from None
+
+
+def check_features(spec: str, builder, text_feature: str) -> None:
+  try:
+    features = set(builder.info.features.keys())
+  except Exception:  # noqa: BLE001 - no metadata offline: checked when records are read
+    return
+  missing = [f for f in text_feature.split(",") if f not in features]
+  if missing:
+    raise ConfigError(
+      f"config.text_feature={text_feature!r}: {spec} has no feature {missing[0]!r}; "
+      f"its features are {sorted(features)}"
+    )
 
 
 def _files_fingerprint(prefix: str, paths: list[str]) -> str:
-  stamp = [(os.path.abspath(p), os.path.getsize(p), int(os.path.getmtime(p))) for p in paths]
+  stamp = [(os.path.abspath(p), os.path.getsize(p), os.stat(p).st_mtime_ns) for p in paths]
   return prefix + hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
 
 
@@ -189,7 +196,7 @@ def _aligned_lines(paths: list[str], docs: list[str]) -> list[dict]:
   """Line i of the source file with line i of the target; pairs with an empty side dropped."""
   source, target = (d.rstrip("\n").split("\n") for d in docs)
   if len(source) != len(target):
-    raise ValueError(
+    raise DataError(
       f"{paths[0]} has {len(source)} lines but {paths[1]} has {len(target)}; parallel files "
       "must align line by line"
     )

@@ -1,27 +1,67 @@
-"""Tokenizers: SentencePiece (BPE or unigram) or BERT's WordPiece, trained here; bytes; characters.
+"""Tokenizers: SentencePiece (BPE or unigram) or BERT's WordPiece, trained here; bytes;
+characters; whole words (the LSTM baseline's).
 
 Each tokenizer serializes to a JSON-able dict that is written to the workdir and into every
-checkpoint, so sampling always decodes with the tokenizer the model was trained with.
+checkpoint, so sampling always decodes with the tokenizer the model was trained with. Every
+trainer is deterministic: the same text gives the same vocabulary (and the same run).
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
-import io
+import re
 
 import numpy as np
-import sentencepiece as spm
+
+from flaxlm.errors import ConfigError
+
+KINDS = ("sentencepiece", "wordpiece", "byte", "char", "word")
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerConfig:
-  kind: str = "sentencepiece"  # sentencepiece | wordpiece | byte | char
-  vocab_size: int = 2048  # sentencepiece and wordpiece
+  kind: str = "sentencepiece"  # sentencepiece | wordpiece | byte | char | word
+  vocab_size: int = 2048  # sentencepiece and wordpiece; word: at most this many words
   model_type: str = "bpe"  # bpe | unigram
   max_training_chars: int = 20_000_000
   special_tokens: str = ""  # '' (pad/unk/bos/eos) | 'bert' | 't5': see SPECIAL_TOKENS
   lowercase: bool = False  # case-fold while tokenizing (uncased BERT); breaks exact round trips
+  min_count: int = 1  # word: keep words seen at least this often in training
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ConfigError(f"tokenizer.kind={self.kind!r}; choose one of {KINDS}")
+    if self.special_tokens not in SPECIAL_TOKENS:
+      raise ConfigError(
+        f"tokenizer.special_tokens={self.special_tokens!r}; choose one of {sorted(SPECIAL_TOKENS)}"
+      )
+    if self.model_type not in ("bpe", "unigram"):
+      raise ConfigError(f"tokenizer.model_type={self.model_type!r}; choose 'bpe' or 'unigram'")
+    if self.kind in ("byte", "char") and (self.special_tokens or self.lowercase):
+      raise ConfigError(
+        "tokenizer.special_tokens / lowercase need tokenizer.kind 'sentencepiece', 'wordpiece' "
+        f"or 'word' (got {self.kind!r})"
+      )
+    if self.kind in ("sentencepiece", "wordpiece", "word") and self.vocab_size < 16:
+      raise ConfigError(f"tokenizer.vocab_size={self.vocab_size} is too small; use 16 or more")
+
+
+def reserved_names(config: TokenizerConfig) -> set[str]:
+  """The special ids ('pad', 'eos', 'mask', 'sentinel_0', ...) a tokenizer of this config has,
+  known before it is trained (objectives and tasks check what they need against it)."""
+  if config.kind == "byte":
+    return set(ByteTokenizer.special_ids)
+  if config.kind == "char":
+    return set()
+  if config.kind == "sentencepiece":
+    layout = SPECIAL_TOKENS[config.special_tokens]
+    names = {n[: -len("_id")] for n, i in layout.items() if n.endswith("_id") and i >= 0}
+    pieces = {"[CLS]": "cls", "[SEP]": "sep", "[MASK]": "mask"}
+    names |= {pieces[p] for p in layout["user_defined_symbols"] if p in pieces}
+    return names | {f"sentinel_{k}" for k in range(NUM_SENTINELS) if config.special_tokens == "t5"}
+  return {name for name, _ in WORDPIECE_SPECIALS[config.special_tokens]}
 
 
 # Reserved pieces per model family (sentencepiece only). BERT/RoBERTa: [PAD] [UNK] [CLS]
@@ -87,7 +127,7 @@ class CharTokenizer:
     try:
       return [self._index[c] for c in text]
     except KeyError as e:
-      raise ValueError(
+      raise ConfigError(
         f"character {e.args[0]!r} is not in this char-level vocabulary ({self.vocab_size} characters "
         "seen in training); use only characters from the training text"
       ) from None
@@ -97,89 +137,6 @@ class CharTokenizer:
 
   def to_json(self) -> dict:
     return {"kind": "char", "chars": self.chars}
-
-
-class SentencePieceTokenizer:
-  """A SentencePiece model set up to round-trip text exactly (newlines, runs of spaces)."""
-
-  def __init__(self, model_proto: bytes):
-    self.model_proto = model_proto
-    self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
-    self.vocab_size = self.sp.get_piece_size()
-    valid = lambda i: i if i >= 0 else None
-    self.pad_id, self.eos_id = valid(self.sp.pad_id()), valid(self.sp.eos_id())
-    self.bos_id = valid(self.sp.bos_id())
-    # name -> id of every reserved piece: pad/unk/bos/eos, cls/sep/mask, sentinel_0..99.
-    self.special_ids = {
-      name: i
-      for name, i in [
-        ("pad", self.pad_id),
-        ("unk", self.sp.unk_id()),
-        ("bos", self.bos_id),
-        ("eos", self.eos_id),
-      ]
-      if i is not None
-    }
-    for piece, name in [("[CLS]", "cls"), ("[SEP]", "sep"), ("[MASK]", "mask")]:
-      if self.sp.piece_to_id(piece) != self.sp.unk_id():
-        self.special_ids[name] = self.sp.piece_to_id(piece)
-    for k in range(NUM_SENTINELS):
-      i = self.sp.piece_to_id(f"<extra_id_{k}>")
-      if i == self.sp.unk_id():
-        break
-      self.special_ids[f"sentinel_{k}"] = i
-    self._silent = {self.special_ids.get(n) for n in ("pad", "bos", "eos", "cls", "sep")}
-
-  @classmethod
-  def train(cls, documents: list[str], config: TokenizerConfig) -> SentencePieceTokenizer:
-    sentences = _training_lines(documents, config.max_training_chars)  # '\n' is its own piece
-    if config.special_tokens not in SPECIAL_TOKENS:
-      raise ValueError(
-        f"tokenizer.special_tokens={config.special_tokens!r}; choose one of {sorted(SPECIAL_TOKENS)}"
-      )
-    special = SPECIAL_TOKENS[config.special_tokens]
-    exact = not config.special_tokens  # exact round trip; else WordPiece-like whitespace
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(sentences),
-      model_writer=model,
-      vocab_size=config.vocab_size,
-      model_type=config.model_type,
-      character_coverage=1.0,
-      normalization_rule_name="nmt_nfkc_cf"
-      if config.lowercase
-      else ("identity" if exact else "nmt_nfkc"),
-      remove_extra_whitespaces=not exact,
-      allow_whitespace_only_pieces=exact,
-      byte_fallback=True,
-      add_dummy_prefix=not exact,
-      split_digits=True,
-      **{**special, "user_defined_symbols": ["\n"] * exact + special["user_defined_symbols"]},
-      hard_vocab_limit=False,
-      num_threads=2,
-      minloglevel=2,
-    )
-    return cls(model.getvalue())
-
-  def encode(self, text: str) -> list[int]:
-    return self.sp.encode(text)
-
-  def decode(self, ids) -> str:
-    keep = [int(i) for i in ids if int(i) not in self._silent]
-    return self.sp.decode(keep)
-
-  def word_starts(self) -> np.ndarray:
-    """(V,) int32: 1 where a piece starts a word ('▁' prefix, or a reserved piece)."""
-    sp, reserved = self.sp, ("\n", "[CLS]", "[SEP]", "[MASK]")
-    pieces = [sp.id_to_piece(i) for i in range(self.vocab_size)]
-    starts = [
-      p.startswith("\u2581") or p in reserved or sp.is_control(i) or sp.is_unknown(i)
-      for i, p in enumerate(pieces)
-    ]
-    return np.asarray(starts, np.int32)
-
-  def to_json(self) -> dict:
-    return {"kind": "sentencepiece", "model": base64.b64encode(self.model_proto).decode("ascii")}
 
 
 # WordPiece's reserved tokens, in id order, as (name, token) per special_tokens setting.
@@ -197,76 +154,6 @@ WORDPIECE_SPECIALS = {
 }
 
 
-def _hf_tokenizers():
-  try:
-    import tokenizers
-  except ImportError:
-    raise ImportError(
-      "tokenizer.kind='wordpiece' uses Hugging Face's `tokenizers` library: "
-      "pip install 'flaxlm[wordpiece]' (or pip install tokenizers)"
-    ) from None
-  return tokenizers
-
-
-class WordPieceTokenizer:
-  """BERT's WordPiece (Hugging Face `tokenizers`): BERT normalization (optionally lowercased,
-  accents stripped), split on whitespace and punctuation, then greedy longest-match pieces
-  with '##' marking a word's continuation. Round trips are not exact: whitespace becomes
-  single spaces and punctuation is re-joined by a heuristic."""
-
-  def __init__(self, serialized: str):
-    self.serialized = serialized
-    self.tok = _hf_tokenizers().Tokenizer.from_str(serialized)
-    self.vocab_size = self.tok.get_vocab_size()
-    self.special_ids = {}
-    for name, token in (p for specials in WORDPIECE_SPECIALS.values() for p in specials):
-      i = self.tok.token_to_id(token)
-      if i is not None and name not in self.special_ids:
-        self.special_ids[name] = i
-    self.pad_id, self.eos_id, self.bos_id = (self.special_ids.get(n) for n in ("pad", "eos", "bos"))
-    self._silent = {self.special_ids.get(n) for n in ("pad", "bos", "eos", "cls", "sep")}
-
-  @classmethod
-  def train(cls, documents: list[str], config: TokenizerConfig) -> WordPieceTokenizer:
-    if config.special_tokens not in WORDPIECE_SPECIALS:
-      raise ValueError(
-        f"tokenizer.special_tokens={config.special_tokens!r}; choose one of {sorted(WORDPIECE_SPECIALS)}"
-      )
-    hf = _hf_tokenizers()
-    unk = dict(WORDPIECE_SPECIALS[config.special_tokens])["unk"]
-    tok = hf.Tokenizer(hf.models.WordPiece(unk_token=unk, max_input_chars_per_word=100))
-    tok.normalizer = hf.normalizers.BertNormalizer(lowercase=config.lowercase)
-    tok.pre_tokenizer = hf.pre_tokenizers.BertPreTokenizer()
-    tok.decoder = hf.decoders.WordPiece()
-    trainer = hf.trainers.WordPieceTrainer(
-      vocab_size=config.vocab_size,
-      special_tokens=[token for _, token in WORDPIECE_SPECIALS[config.special_tokens]],
-      show_progress=False,
-    )
-    tok.train_from_iterator(_training_lines(documents, config.max_training_chars), trainer)
-    return cls(tok.to_str())
-
-  def encode(self, text: str) -> list[int]:
-    # Words never span lines, so lines encode independently (and in parallel).
-    lines = self.tok.encode_batch(text.split("\n"), add_special_tokens=False)
-    return [i for line in lines for i in line.ids]
-
-  def decode(self, ids) -> str:
-    keep = [int(i) for i in ids if int(i) not in self._silent]
-    return self.tok.decode(keep, skip_special_tokens=False)
-
-  def word_starts(self) -> np.ndarray:
-    """(V,) int32: 1 where a piece starts a word (no '##' prefix)."""
-    starts = np.ones(self.vocab_size, np.int32)
-    for piece, i in self.tok.get_vocab().items():
-      if piece.startswith("##"):
-        starts[i] = 0
-    return starts
-
-  def to_json(self) -> dict:
-    return {"kind": "wordpiece", "tokenizer": self.serialized}
-
-
 def _training_lines(documents: list[str], max_chars: int) -> list[str]:
   """The non-empty lines of `documents`, up to about `max_chars` characters."""
   budget, lines = max_chars, []
@@ -280,26 +167,102 @@ def _training_lines(documents: list[str], max_chars: int) -> list[str]:
   return lines
 
 
-def train_tokenizer(config: TokenizerConfig, documents: list[str]):
-  if config.kind in ("byte", "char") and (config.special_tokens or config.lowercase):
-    raise ValueError(
-      "tokenizer.special_tokens / lowercase need tokenizer.kind='sentencepiece' or 'wordpiece' "
-      f"(got {config.kind!r})"
+class WordTokenizer:
+  """Whole words (the LSTM baseline's): runs of letters and digits, single punctuation
+  marks and, as BERT's basic tokenizer does, single CJK characters; optionally lowercased;
+  the `vocab_size` most frequent training words seen at least
+  `min_count` times, the rest [UNK]. Keeps a character vocabulary too, so a model can look at
+  the spelling of every word, [UNK]s included."""
+
+  CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # ideographs: each its own word
+  PATTERN = re.compile(f"[{CJK}]|[^\\W{CJK}]+|[^\\w\\s]")
+
+  def __init__(self, words: list[str], chars: str, lowercase: bool, special_tokens: str):
+    self.words, self.chars, self.lowercase = words, chars, lowercase
+    self.special_tokens = special_tokens
+    specials = WORDPIECE_SPECIALS[special_tokens]
+    self.special_ids = {name: i for i, (name, _) in enumerate(specials)}
+    self._index = {w: i for i, w in enumerate([t for _, t in specials] + words)}
+    self._chars = {c: i + 2 for i, c in enumerate(chars)}  # 0: padding, 1: unknown character
+    self.vocab_size = len(self._index)
+    self.pad_id, self.eos_id, self.bos_id = (self.special_ids.get(n) for n in ("pad", "eos", "bos"))
+    self.unk_id = self.special_ids["unk"]
+    self._silent = {self.special_ids.get(n) for n in ("pad", "bos", "eos", "cls", "sep")}
+
+  @classmethod
+  def train(cls, documents: list[str], config: TokenizerConfig) -> WordTokenizer:
+    counts, chars = collections.Counter(), collections.Counter()
+    for line in _training_lines(documents, config.max_training_chars):
+      found = cls.PATTERN.findall(line)
+      chars.update("".join(found))
+      counts.update(w.lower() for w in found) if config.lowercase else counts.update(found)
+    reserved = len(WORDPIECE_SPECIALS[config.special_tokens])
+    ranked = sorted(
+      (w for w, n in counts.items() if n >= config.min_count), key=lambda w: (-counts[w], w)
     )
-  if config.kind == "sentencepiece":
-    return SentencePieceTokenizer.train(documents, config)
-  if config.kind == "wordpiece":
-    return WordPieceTokenizer.train(documents, config)
-  if config.kind == "byte":
-    return ByteTokenizer()
-  if config.kind == "char":
-    return CharTokenizer.train(documents)
-  raise ValueError(
-    f"tokenizer.kind={config.kind!r}; choose 'sentencepiece', 'wordpiece', 'byte' or 'char'"
-  )
+    return cls(
+      ranked[: max(config.vocab_size - reserved, 0)],
+      "".join(sorted(chars)),
+      config.lowercase,
+      config.special_tokens,
+    )
+
+  def split(self, text: str) -> list[str]:
+    """The words of `text` as written (before lowercasing)."""
+    return self.PATTERN.findall(text)
+
+  def encode(self, text: str) -> list[int]:
+    return self.encode_words(self.split(text))
+
+  def encode_words(self, words: list[str]) -> list[int]:
+    fold = str.lower if self.lowercase else str
+    return [self._index.get(fold(w), self.unk_id) for w in words]
+
+  def char_ids(self, words: list[str], max_chars: int) -> np.ndarray:
+    """(len(words), max_chars) int32 character ids of each word (0 pads, 1 unknown)."""
+    out = np.zeros((len(words), max_chars), np.int32)
+    for i, w in enumerate(words):
+      ids = [self._chars.get(c, 1) for c in w[:max_chars]]
+      out[i, : len(ids)] = ids
+    return out
+
+  @property
+  def num_chars(self) -> int:
+    return len(self.chars) + 2
+
+  def decode(self, ids) -> str:
+    table = list(self._index)
+    return " ".join(table[int(i)] for i in ids if int(i) not in self._silent)
+
+  def to_json(self) -> dict:
+    return {
+      "kind": "word",
+      "words": self.words,
+      "chars": self.chars,
+      "lowercase": self.lowercase,
+      "special_tokens": self.special_tokens,
+    }
+
+
+def train_tokenizer(config: TokenizerConfig, documents: list[str]):
+  """A tokenizer of `config.kind` trained on `documents` (deterministic)."""
+  from flaxlm.data.sentencepiece_tokenizer import SentencePieceTokenizer
+  from flaxlm.data.wordpiece import WordPieceTokenizer
+
+  trainers = {
+    "sentencepiece": lambda: SentencePieceTokenizer.train(documents, config),
+    "wordpiece": lambda: WordPieceTokenizer.train(documents, config),
+    "byte": ByteTokenizer,
+    "char": lambda: CharTokenizer.train(documents),
+    "word": lambda: WordTokenizer.train(documents, config),
+  }
+  return trainers[config.kind]()
 
 
 def tokenizer_from_json(d: dict):
+  from flaxlm.data.sentencepiece_tokenizer import SentencePieceTokenizer
+  from flaxlm.data.wordpiece import WordPieceTokenizer
+
   kind = d.get("kind")
   if kind == "sentencepiece":
     return SentencePieceTokenizer(base64.b64decode(d["model"]))
@@ -309,4 +272,6 @@ def tokenizer_from_json(d: dict):
     return ByteTokenizer()
   if kind == "char":
     return CharTokenizer(d["chars"])
+  if kind == "word":
+    return WordTokenizer(d["words"], d["chars"], d["lowercase"], d["special_tokens"])
   raise ValueError(f"saved tokenizer has unknown kind {kind!r}")

@@ -49,7 +49,8 @@ PRESETS = {
 class Bert(nn.Module):
   """tokens (B, T) -> {'hidden' (B, T, D), 'pooled' (B, D), 'mlm_logits', 'nsp_logits' (B, 2)}.
 
-  mlm_logits are (B, P, V) at `mlm_positions` (B, P), or (B, T, V) when it is None.
+  mlm_logits are (B, P, V) at `mlm_positions` (B, P), or (B, T, V) when it is None. With
+  `heads=False` only the encoder and pooler run (and exist): what task heads read.
   """
 
   config: BertConfig
@@ -63,6 +64,7 @@ class Bert(nn.Module):
     mlm_positions=None,  # (B, P) int
     positions=None,
     deterministic: bool = True,
+    heads: bool = True,
   ):
     c = self.config
     dtype = c.compute_dtype
@@ -95,6 +97,8 @@ class Bert(nn.Module):
     )
     pooled = jnp.tanh(dense(c.embed_dim, ("embed", "mlp"), "pooler")(x[:, 0]))
     out = {"hidden": x, "pooled": pooled}
+    if not heads:
+      return out
     if c.nsp_head:
       out["nsp_logits"] = dense(2, ("mlp", None), "nsp")(pooled).astype(jnp.float32)
 
@@ -109,6 +113,17 @@ class Bert(nn.Module):
     )
     out["mlm_logits"] = (embedder.attend(h) + bias.astype(dtype)).astype(jnp.float32)
     return out
+
+
+def features(model: Bert, batch: dict, deterministic: bool) -> dict:
+  """Task-head inputs: hidden states (B, T, D) and the pooled [CLS] state (B, D)."""
+  return model(
+    batch["inputs"],
+    type_ids=batch.get("type_ids"),
+    segment_ids=batch["segment_ids"],
+    deterministic=deterministic,
+    heads=False,
+  )
 
 
 def default_max_predictions(seq_len: int, mask_rate: float = 0.15) -> int:

@@ -283,6 +283,16 @@ class EncoderDecoder(nn.Module):
     )
 
 
+def features(model: EncoderDecoder, batch: dict, deterministic: bool) -> dict:
+  """Task-head inputs from the encoder: hidden states (B, S, D) and their mean over the
+  non-padding tokens (B, D)."""
+  segments = batch["segment_ids"]
+  hidden = model.encode(batch["inputs"], segments, deterministic=deterministic)
+  weights = (segments > 0).astype(hidden.dtype)[..., None]
+  pooled = jnp.sum(hidden * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+  return {"hidden": hidden, "pooled": pooled}
+
+
 def flops_per_token(c: EncDecConfig, seq_len: int, target_len: int = 0) -> float:
   """Training FLOPs per (source + target) token: 3 x forward, matmuls only."""
   s, t = seq_len, target_len or seq_len

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from flaxlm import layers
 from flaxlm.models.transformer import (  # noqa: F401 - re-exported for callers of gpt.*
@@ -59,7 +60,8 @@ PRESETS = {
 
 
 class GPT(nn.Module):
-  """tokens (B, T) -> logits (B, T, V)."""
+  """tokens (B, T) -> logits (B, T, V); with `features`, the final hidden states (B, T, D)
+  (what task heads read; no output projection is built)."""
 
   config: GPTConfig
 
@@ -71,6 +73,7 @@ class GPT(nn.Module):
     segment_ids=None,  # (B, T); 0 = padding, equal ids attend to each other
     deterministic: bool = True,
     decode: bool = False,
+    features: bool = False,
   ):
     c = self.config
     dtype = c.compute_dtype
@@ -91,7 +94,18 @@ class GPT(nn.Module):
       decode=decode,
     )(x, mask, positions)
     x = c.norm_layer("ln_final")(x)
+    if features:
+      return x
     return vocab_logits(x, embedder, c.tie_embeddings, dtype)
+
+
+def features(model: GPT, batch: dict, deterministic: bool) -> dict:
+  """Task-head inputs: hidden states (B, T, D) and, as the sequence summary, the state at
+  each row's last non-padding token (B, D) (it has seen the whole text)."""
+  segments = batch["segment_ids"]
+  hidden = model(batch["inputs"], segment_ids=segments, deterministic=deterministic, features=True)
+  last = jnp.maximum(jnp.sum(segments > 0, axis=1) - 1, 0)
+  return {"hidden": hidden, "pooled": jnp.take_along_axis(hidden, last[:, None, None], 1)[:, 0]}
 
 
 def flops_per_token(c: GPTConfig, seq_len: int, target_len: int = 0) -> float:

@@ -1,4 +1,5 @@
-"""The one table of model families: config class, presets, module, FLOP count, objective."""
+"""The one table of model families: config class, presets, module, FLOP count, the
+pretraining objectives each can train, and what task heads read from it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 
 import flax.linen as nn
 
-from flaxlm.models import bert, encdec, gpt
+from flaxlm.errors import ConfigError
+from flaxlm.models import bert, encdec, gpt, lstm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,27 +20,48 @@ class Family:
   presets: Mapping[str, Any]
   module_cls: type[nn.Module]
   flops_per_token: Callable[..., float]  # (config, seq_len, target_len=0) -> FLOPs/token
-  objective: str  # the objectives.OBJECTIVES entry its pretraining uses by default
+  objectives: tuple[str, ...]  # pretraining objectives it trains; the first is the default
+  # (bound module, batch, deterministic) -> {'hidden' (B, T, D), 'pooled' (B, D)}
+  features: Callable[..., dict]
+  kind: str  # 'decoder' | 'encoder' | 'encdec': how tasks shape inputs and predictions
+
+  @property
+  def objective(self) -> str:
+    return self.objectives[0] if self.objectives else ""
 
 
 FAMILIES: dict[str, Family] = {
-  "gpt": Family("gpt", gpt.GPTConfig, gpt.PRESETS, gpt.GPT, gpt.flops_per_token, "causal_lm"),
-  "bert": Family("bert", bert.BertConfig, bert.PRESETS, bert.Bert, bert.flops_per_token, "mlm"),
-  "encdec": Family(
-    "encdec",
-    encdec.EncDecConfig,
-    encdec.PRESETS,
-    encdec.EncoderDecoder,
-    encdec.flops_per_token,
-    "span_corruption",
+  "gpt": Family(
+    "gpt", gpt.GPTConfig, gpt.PRESETS, gpt.GPT, gpt.flops_per_token, ("causal_lm",),
+    gpt.features, "decoder",
   ),
-}
+  "bert": Family(
+    "bert", bert.BertConfig, bert.PRESETS, bert.Bert, bert.flops_per_token, ("mlm", "mlm_nsp"),
+    bert.features, "encoder",
+  ),
+  "encdec": Family(
+    "encdec", encdec.EncDecConfig, encdec.PRESETS, encdec.EncoderDecoder, encdec.flops_per_token,
+    ("span_corruption", "seq2seq"), encdec.features, "encdec",
+  ),
+  "lstm": Family(
+    "lstm", lstm.LSTMConfig, lstm.PRESETS, lstm.BiLSTM, lstm.flops_per_token, (),
+    lstm.features, "encoder",
+  ),
+}  # fmt: skip
 
 
 def family_of(name: str) -> Family:
   if name not in FAMILIES:
-    raise ValueError(f"unknown model family {name!r}; known: {sorted(FAMILIES)}")
+    raise ConfigError(f"unknown model family {name!r}; known: {sorted(FAMILIES)}")
   return FAMILIES[name]
+
+
+def family_of_model(model: nn.Module) -> Family:
+  """The family whose module `model` is."""
+  for family in FAMILIES.values():
+    if isinstance(model, family.module_cls):
+      return family
+  raise ConfigError(f"{type(model).__name__} is not a registered model family's module")
 
 
 def model_config(family: str, fields: Mapping[str, Any]):
@@ -47,12 +70,20 @@ def model_config(family: str, fields: Mapping[str, Any]):
   known = {f.name for f in dataclasses.fields(fam.config_cls)}
   unknown = sorted(set(fields) - known)
   if unknown:
-    raise ValueError(
+    raise ConfigError(
       f"config.model has keys {unknown} that {fam.config_cls.__name__} does not know; "
       f"valid keys: {sorted(known)}"
     )
-  return fam.config_cls(**fields)
+  try:
+    return fam.config_cls(**fields)
+  except ValueError as e:  # the config class's own checks
+    raise ConfigError(str(e)) from None
 
 
 def build_model(family: str, config) -> nn.Module:
   return family_of(family).module_cls(config)
+
+
+# Model keys that change how a model runs, not its parameters: a resumed or fine-tuned run
+# may set them differently from the checkpoint (e.g. another remat policy on a new machine).
+RUNTIME_KEYS = ("dtype", "remat_policy", "attention_impl", "dropout_rate")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+from flaxlm.errors import ConfigError
 from flaxlm.objectives.base import LossConfig, Objective
 from flaxlm.objectives.causal import causal_lm, causal_lm_objective
 from flaxlm.objectives.masked import (
@@ -65,12 +66,12 @@ OBJECTIVES: dict[str, Callable[..., Objective]] = {
 
 def check_objective(name: str) -> None:
   if name not in OBJECTIVES:
-    raise ValueError(f"objective {name!r} is unknown; known: {sorted(OBJECTIVES)}")
+    raise ConfigError(f"objective {name!r} is unknown; known: {sorted(OBJECTIVES)}")
 
 
 def make_objective(name: str, tokenizer=None, **options) -> Objective:
   """options: seq_len, masking (mlm), spans (span_corruption), target_len and
   pairs_per_example (seq2seq); each objective takes what it needs."""
   if name not in OBJECTIVES:
-    raise ValueError(f"objective {name!r} is unknown; known: {sorted(OBJECTIVES)}")
+    raise ConfigError(f"objective {name!r} is unknown; known: {sorted(OBJECTIVES)}")
   return OBJECTIVES[name](tokenizer, **options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from flaxlm import losses
-from flaxlm.objectives.base import LossConfig, Objective
+from flaxlm.objectives.base import LossConfig, Objective, stream_windows
 
 
 def lm_example(window: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
@@ -36,4 +36,4 @@ def causal_lm(model, params, batch, rng, deterministic: bool, loss: LossConfig):
 
 def causal_lm_objective(tokenizer=None, **_) -> Objective:
   del tokenizer
-  return Objective("causal_lm", causal_lm, lambda t: t + 1, lm_example)
+  return Objective("causal_lm", causal_lm, stream_windows(lambda t: t + 1), lm_example)

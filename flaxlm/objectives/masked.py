@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxlm import losses
-from flaxlm.objectives.base import LossConfig, Objective
+from flaxlm.errors import ConfigError
+from flaxlm.objectives.base import LossConfig, Objective, stream_windows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +112,7 @@ def masked_lm_nsp(model, params, batch, rng, deterministic: bool, loss: LossConf
   stays a plain sum (accumulation and sharding give the same update)."""
   out, sums = _bert_forward(model, params, batch, rng, deterministic, loss)
   if "nsp_logits" not in out:
-    raise ValueError("objective 'mlm_nsp' needs the NSP head: set --config.model.nsp_head=true")
+    raise ConfigError("objective 'mlm_nsp' needs the NSP head: set --config.model.nsp_head=true")
   labels = batch["nsp_labels"][:, None]
   nsp = losses.cross_entropy(out["nsp_logits"][:, None], labels, jnp.ones(labels.shape))
   sums["loss_sum"] = sums["loss_sum"] + batch["weights"].shape[1] * nsp["loss_sum"]
@@ -136,7 +137,7 @@ def masked_lm_objective(
   ids = getattr(tokenizer, "special_ids", {})
   missing = [n for n in ("cls", "sep", "mask") if n not in ids]
   if missing:
-    raise ValueError(
+    raise ConfigError(
       f"the masked-LM objective needs [CLS], [SEP] and [MASK] in the vocabulary (missing "
       f"{missing}); set --config.tokenizer.special_tokens=bert (tokenizer.kind sentencepiece or wordpiece)"
     )
@@ -153,8 +154,8 @@ def masked_lm_objective(
     max_predictions=masking.max_predictions or default_max_predictions(seq_len, masking.mask_rate),
   )
   if nsp:
-    return Objective("mlm_nsp", masked_lm_nsp, lambda t: t - 3, example, partner_window=True)
-  return Objective("mlm", masked_lm, lambda t: t - 2, example)
+    return Objective("mlm_nsp", masked_lm_nsp, stream_windows(lambda t: t - 3, True), example)
+  return Objective("mlm", masked_lm, stream_windows(lambda t: t - 2), example)
 
 
 def _nsp_example(
@@ -183,7 +184,30 @@ def _nsp_example(
 def word_start_table(tokenizer) -> np.ndarray:
   """(V,) int32: 1 where a piece starts a word, 0 where it continues one."""
   if not hasattr(tokenizer, "word_starts"):
-    raise ValueError(
+    raise ConfigError(
       "masking.whole_word needs a subword tokenizer (tokenizer.kind='sentencepiece' or 'wordpiece')"
     )
   return tokenizer.word_starts()
+
+
+def fill_masks_report(trainable, params, tokenizer, example: dict) -> str:
+  """One held-out example (numpy, as the objective makes it): its input with the chosen slots
+  shown, the original tokens there, and the model's predictions."""
+  import jax
+
+  batch = {k: np.asarray(v)[None] for k, v in example.items() if k != "nsp_labels"}
+  with trainable.context():
+    out = jax.jit(
+      lambda p, b: trainable.model.apply(
+        {"params": p}, b["inputs"], type_ids=b.get("type_ids"), mlm_positions=b["positions"]
+      )["mlm_logits"]
+    )(params, batch)
+  chosen = example["weights"] > 0
+  predicted = np.asarray(jax.device_get(out))[0].argmax(-1)[chosen]
+  original = example["targets"][chosen]
+  pieces = lambda ids: " ".join(tokenizer.decode([int(i)]) or "?" for i in ids)
+  return (
+    f"input:      {tokenizer.decode(example['inputs'])}\n"
+    f"masked:     {pieces(original)}\n"
+    f"prediction: {pieces(predicted)}"
+  )

@@ -8,7 +8,8 @@ import dataclasses
 import numpy as np
 
 from flaxlm import losses
-from flaxlm.objectives.base import LossConfig, Objective
+from flaxlm.errors import ConfigError
+from flaxlm.objectives.base import LossConfig, Objective, check_corpus, stream_windows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +104,7 @@ def seq2seq_ids(tokenizer, objective: str) -> tuple[int, int, int]:
   """(start, eos, pad) ids; the decoder starts from BOS when there is one, else from pad (T5)."""
   ids = getattr(tokenizer, "special_ids", {})
   if "eos" not in ids or "pad" not in ids:
-    raise ValueError(
+    raise ConfigError(
       f"the {objective!r} objective needs EOS and padding ids in the vocabulary; use "
       "--config.tokenizer.kind=sentencepiece (special_tokens '' or 't5') or kind=byte"
     )
@@ -147,7 +148,7 @@ def corrupt_spans(
   span i replaced by sentinel i; targets are sentinel i followed by span i, for each i."""
   num_noise, num_spans = noise_span_counts(len(window), c)
   if num_spans > len(sentinels):
-    raise ValueError(
+    raise ConfigError(
       f"a window of {len(window)} tokens makes {num_spans} noise spans but the vocabulary has "
       f"{len(sentinels)} sentinels; use a shorter --config.seq_len"
     )
@@ -171,7 +172,7 @@ def span_corruption_objective(
   ids = tokenizer.special_ids
   sentinels = np.array([ids[f"sentinel_{i}"] for i in range(100) if f"sentinel_{i}" in ids])
   if not len(sentinels):
-    raise ValueError(
+    raise ConfigError(
       "the span_corruption objective needs sentinel tokens <extra_id_0..>; set "
       "--config.tokenizer.kind=sentencepiece --config.tokenizer.special_tokens=t5"
     )
@@ -182,7 +183,9 @@ def span_corruption_objective(
     pair = corrupt_spans(np.asarray(tokens), rng, spans, sentinels)
     return pack_pairs([pair], seq_len, target_len, start, eos, pad)
 
-  return Objective("span_corruption", seq2seq, lambda t: window, example, target_len=target_len)
+  return Objective(
+    "span_corruption", seq2seq, stream_windows(lambda t: window), example, target_len=target_len
+  )
 
 
 def translation_objective(
@@ -192,12 +195,23 @@ def translation_objective(
   encoded, the target predicted; `pairs_per_example` pairs are packed per row."""
   start, eos, pad = seq2seq_ids(tokenizer, "seq2seq")
   target_len = target_len or seq_len
-  example = lambda pairs, rng: pack_pairs(pairs, seq_len, target_len, start, eos, pad)
+  group = max(pairs_per_example, 1)
+
+  def example(pairs, rng):  # a list of `group` pairs, or one pair
+    pairs = pairs if isinstance(pairs, list) else [pairs]
+    return pack_pairs(pairs, seq_len, target_len, start, eos, pad)
+
+  def records(data, config, stride):
+    del stride
+    check_corpus(data, config, "pairs")
+    return data
+
   return Objective(
     "seq2seq",
     seq2seq,
-    lambda t: t,
+    records,
     example,
     target_len=target_len,
-    pairs_per_example=max(pairs_per_example, 1),
+    group=group,
+    trains_on="pairs",
   )

@@ -1,0 +1,253 @@
+"""A pretraining corpus: the source tokenized once into a token stream (or sentence pairs),
+cached in `<workdir>/data/`, and the random-access records objectives cut from it.
+
+Tokens of the whole source are concatenated (documents separated by EOS when the tokenizer
+has one) and cached as .npy / .npz (no pickle). The cache is keyed by everything that
+shapes the tokens: the dataset strings, a fingerprint of every input file (path, size,
+modification time), the TFDS cache, the text fields, the validation split and the
+tokenizer config; anything else is rebuilt rather than silently reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+
+from flaxlm.data import spec, tokenizers
+from flaxlm.data.spec import DataConfig
+from flaxlm.errors import DataError
+from flaxlm.workdir import as_path
+
+
+class Pairs:
+  """Tokenized (source, target) pairs, random access; stored as two flat streams + offsets."""
+
+  def __init__(self, source, source_offsets, target, target_offsets):
+    self.source, self.source_offsets = source, source_offsets
+    self.target, self.target_offsets = target, target_offsets
+
+  @classmethod
+  def encode(cls, tokenizer, pairs: list[tuple[str, str]]) -> Pairs:
+    sides = []
+    for side in zip(*pairs, strict=True) if pairs else ((), ()):
+      ids = [np.asarray(tokenizer.encode(text), np.int32) for text in side]
+      offsets = np.cumsum([0] + [len(x) for x in ids]).astype(np.int64)
+      sides += [np.concatenate(ids) if ids else np.zeros(0, np.int32), offsets]
+    return cls(*sides)
+
+  def __len__(self) -> int:
+    return len(self.source_offsets) - 1
+
+  def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    i = int(i)
+    s0, s1 = self.source_offsets[i : i + 2]
+    t0, t1 = self.target_offsets[i : i + 2]
+    return self.source[s0:s1], self.target[t0:t1]
+
+  def save(self, path) -> None:
+    with as_path(path).open("wb") as f:  # a file object: np.savez would append '.npz' to a name
+      np.savez(f, **vars(self))
+
+  @classmethod
+  def load(cls, path) -> Pairs:
+    with as_path(path).open("rb") as f, np.load(f, allow_pickle=False) as z:
+      return cls(**{k: z[k] for k in z.files})
+
+
+class Windows:
+  """Random-access windows of `length` tokens over a token stream, every `stride` tokens."""
+
+  def __init__(self, tokens: np.ndarray, length: int, stride: int):
+    if len(tokens) < length:
+      raise DataError(
+        f"the corpus split has {len(tokens)} tokens, fewer than one sequence of {length}; "
+        "use a smaller --config.seq_len or more text"
+      )
+    self.tokens, self.length, self.stride = tokens, length, stride
+
+  def __len__(self) -> int:
+    return (len(self.tokens) - self.length) // self.stride + 1
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    start = int(i) * self.stride
+    return self.tokens[start : start + self.length]
+
+
+class WithPartner:
+  """Record i paired with record partner[i], a fixed random permutation (NSP's "random next
+  segment": almost always from another part of the corpus)."""
+
+  def __init__(self, records, seed: int):
+    self.records = records
+    self.partner = np.random.default_rng(seed).permutation(len(records))
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    return self.records[i], self.records[self.partner[int(i)]]
+
+
+@dataclasses.dataclass
+class TokenizedCorpus:
+  tokenizer: object
+  train: np.ndarray | Pairs  # int32 (num_tokens,) token stream, or pairs for parallel text
+  validation: np.ndarray | Pairs
+
+
+def _encode_stream(tokenizer, documents: list[str]) -> np.ndarray:
+  ids: list[int] = []
+  for doc in documents:
+    ids.extend(tokenizer.encode(doc))
+    if tokenizer.eos_id is not None:
+      ids.append(tokenizer.eos_id)
+  return np.asarray(ids, dtype=np.int32)
+
+
+def cache_stamp(config: DataConfig, tok_config: tokenizers.TokenizerConfig) -> dict:
+  """Everything that shapes the cached tokens (see the module docstring)."""
+  return {
+    "dataset": config.dataset,
+    "dataset_files": spec.fingerprint(config.dataset),
+    "eval_dataset": config.eval_dataset,
+    "eval_dataset_files": spec.fingerprint(config.eval_dataset),
+    "data_dir": config.data_dir,
+    "text_feature": config.text_feature,
+    "val_fraction": config.val_fraction,
+    "tokenizer": dataclasses.asdict(tok_config),
+  }
+
+
+def load_corpus(
+  config: DataConfig, tok_config: tokenizers.TokenizerConfig, cache_dir, tokenizer=None
+) -> TokenizedCorpus:
+  """Tokenized train/validation streams, built once and cached under `cache_dir`.
+
+  `tokenizer` (e.g. restored from a checkpoint) wins over training a new one; a cache made
+  from other inputs or another tokenizer is rebuilt rather than silently reused.
+  """
+  cache_dir = as_path(cache_dir)
+  cache_dir.mkdir(parents=True, exist_ok=True)
+  stamp = json.loads(json.dumps(cache_stamp(config, tok_config)))  # lists, as read back
+  stamp_path, tok_path = cache_dir / "corpus.json", cache_dir / "tokenizer.json"
+  splits = ("train", "validation")
+  # A token stream is stored as .npy, parallel text as Pairs' .npz.
+  kinds = {
+    "stream": ({s: cache_dir / f"{s}.npy" for s in splits}, _load_npy),
+    "pairs": ({s: cache_dir / f"{s}_pairs.npz" for s in splits}, Pairs.load),
+  }
+  cached = stamp_path.exists() and tok_path.exists()
+  if cached and _read_json(stamp_path) == stamp:
+    saved = tokenizers.tokenizer_from_json(_read_json(tok_path))
+    if tokenizer is None or tokenizer.to_json() == saved.to_json():
+      for paths, load in kinds.values():
+        if all(p.exists() for p in paths.values()):
+          return TokenizedCorpus(saved, load(paths["train"]), load(paths["validation"]))
+
+  from flaxlm.data import sources  # TFDS loads only when a corpus is built
+
+  source = sources.open_source(config.dataset, spec.tfds_dir(config), config.text_feature)
+  build = _tokenize_pairs if source.is_pairs else _tokenize_stream
+  tokenizer, train, validation = build(config, tok_config, source, tokenizer)
+  if jax.process_index() == 0:  # every host computes the same; one writes
+    paths = kinds["pairs" if source.is_pairs else "stream"][0]
+    for split, data in (("train", train), ("validation", validation)):
+      if isinstance(data, Pairs):
+        data.save(paths[split])
+      else:
+        with paths[split].open("wb") as f:
+          np.save(f, data)
+    _write_json(tok_path, tokenizer.to_json())
+    _write_json(stamp_path, stamp)
+  return TokenizedCorpus(tokenizer, train, validation)
+
+
+def same_on_every_host(tokenizer):
+  """Process 0's tokenizer on every process. Hosts train on the same text, and every
+  tokenizer trainer here is deterministic, but a host with other inputs must not diverge."""
+  if jax.process_count() == 1:
+    return tokenizer
+  from jax.experimental import multihost_utils
+
+  blob = np.frombuffer(json.dumps(tokenizer.to_json()).encode(), np.uint8)
+  size = int(multihost_utils.broadcast_one_to_all(np.int32(blob.size)))
+  # Arrays of one shape everywhere; only process 0's content is broadcast.
+  mine = blob if jax.process_index() == 0 else np.zeros(size, np.uint8)
+  blob = np.asarray(multihost_utils.broadcast_one_to_all(mine), np.uint8)
+  return tokenizers.tokenizer_from_json(json.loads(blob.tobytes().decode()))
+
+
+def _load_npy(path) -> np.ndarray:
+  with as_path(path).open("rb") as f:
+    return np.load(f, allow_pickle=False)
+
+
+def _eval_source(config: DataConfig):
+  """The `eval_dataset` source and the split to validate on (its validation split, if any)."""
+  from flaxlm.data import sources
+
+  source = sources.open_source(config.eval_dataset, spec.tfds_dir(config), config.text_feature)
+  return source, "validation" if "validation" in source.splits else "train"
+
+
+def _check_not_empty(documents: list[str], what: str):
+  if not any(d.strip() for d in documents):
+    raise DataError(f"{what} holds no text; point --config.dataset at files with content")
+
+
+def _tokenize_stream(config, tok_config, source, tokenizer):
+  """(tokenizer, train, validation) token streams of plain text."""
+  train_docs = source.documents("train")
+  _check_not_empty(train_docs, f"config.dataset={config.dataset!r}")
+  val_docs = source.documents("validation") if "validation" in source.splits else None
+  if config.eval_dataset:  # e.g. held-out text from another corpus, never trained on
+    eval_source, split = _eval_source(config)
+    val_docs = eval_source.documents(split)
+    _check_not_empty(val_docs, f"config.eval_dataset={config.eval_dataset!r}")
+  if tokenizer is None:
+    tokenizer = same_on_every_host(
+      tokenizers.train_tokenizer(
+        tok_config, train_docs + (val_docs or []) if tok_config.kind == "char" else train_docs
+      )
+    )
+  train = _encode_stream(tokenizer, train_docs)
+  if val_docs is not None:
+    validation = _encode_stream(tokenizer, val_docs)
+  else:  # hold out the tail, as nanoGPT does (first 90% train, last 10% validation)
+    cut = int(len(train) * (1.0 - config.val_fraction))
+    train, validation = train[:cut], train[cut:]
+  return tokenizer, train, validation
+
+
+def _tokenize_pairs(config, tok_config, source, tokenizer):
+  """(tokenizer, train, validation) Pairs of parallel text, with one joint tokenizer for
+  both languages (trained on both sides)."""
+  train_pairs = source.pairs("train")
+  if not train_pairs:
+    raise DataError(f"config.dataset={config.dataset!r} holds no sentence pairs")
+  if config.eval_dataset:
+    eval_source, split = _eval_source(config)
+    val_pairs = eval_source.pairs(split)
+  elif "validation" in source.splits:
+    val_pairs = source.pairs("validation")
+  else:  # hold out the last pairs
+    cut = int(len(train_pairs) * (1.0 - config.val_fraction))
+    train_pairs, val_pairs = train_pairs[:cut], train_pairs[cut:]
+  if tokenizer is None:
+    texts = [t for pair in train_pairs for t in pair]
+    tokenizer = same_on_every_host(tokenizers.train_tokenizer(tok_config, texts))
+  return tokenizer, Pairs.encode(tokenizer, train_pairs), Pairs.encode(tokenizer, val_pairs)
+
+
+def _read_json(path):
+  return json.loads(as_path(path).read_text())
+
+
+def _write_json(path, obj):
+  path = as_path(path)
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(obj))
+  tmp.replace(path)

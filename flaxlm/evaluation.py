@@ -1,0 +1,89 @@
+"""Running a task's model over a set of records: loss, predictions and library metrics.
+
+Records become examples once; batches are padded to a fixed `batch_size` with weightless
+rows (example_weight 0) so every batch has a compiled shape and every device a share, and
+widths are bucketed as in training. Predictions come back replicated on every host, are cut
+to the real rows and handed to the task, which scores them on the host (scikit-learn,
+seqeval, ...) or turns them into output records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+
+from flaxlm import sharding
+from flaxlm.data import pipeline
+from flaxlm.tasks.base import Task, prefixed
+from flaxlm.training import Trainable
+
+
+@dataclasses.dataclass
+class EvalSet:
+  """A fixed set of records with their examples, in padded global batches."""
+
+  records: list[dict]
+  batches: list[dict]  # numpy, each of batch_size rows
+  count: int  # real rows (the rest pad the last batch)
+
+
+def eval_set(task: Task, records: list[dict], batch_size: int, max_width: int) -> EvalSet:
+  examples = [task.example(r) for r in records]
+  if not examples:
+    return EvalSet(records, [], 0)
+  filler = {**examples[0], "example_weight": np.float32(0.0)}
+  padded = examples + [filler] * (-len(examples) % batch_size)
+  collate = pipeline.pad_collate(task.pad_values, max_width=max_width)
+  batches = [collate(padded[i : i + batch_size]) for i in range(0, len(padded), batch_size)]
+  return EvalSet(records, batches, len(examples))
+
+
+def predictions(task: Task, trainable: Trainable, params, data: EvalSet) -> tuple[dict, dict]:
+  """(predictions: key -> list of per-record arrays, summed loss quantities)."""
+  predict = _compiled(trainable, "predict", lambda p, b: task.predict(trainable.model, p, b))
+  batch_sharding = sharding.batch_sharding(trainable.mesh)
+  out: dict[str, list] = {}
+  sums = None
+  for batch in data.batches:
+    on_mesh = sharding.to_global(batch, batch_sharding)
+    rows = jax.device_get(predict(params, on_mesh))
+    for key, value in rows.items():
+      out.setdefault(key, []).extend(list(np.asarray(value)))
+    s = jax.device_get(trainable.eval_step(params, on_mesh))
+    sums = s if sums is None else jax.tree.map(np.add, sums, s)
+  return {k: v[: data.count] for k, v in out.items()}, sums or {}
+
+
+def stacked(preds: dict) -> dict:
+  """Per-record arrays of one shape stacked into (N, ...) arrays; ragged ones left as lists."""
+  out = {}
+  for key, rows in preds.items():
+    shapes = {np.shape(r) for r in rows}
+    out[key] = np.stack(rows) if len(shapes) == 1 and rows else rows
+  return out
+
+
+def evaluate(task: Task, trainable: Trainable, params, data: EvalSet) -> dict:
+  """eval_loss and the task's metrics (eval_ prefixed) over `data`."""
+  preds, sums = predictions(task, trainable, params, data)
+  weight = max(float(sums.get("weight_sum", 0.0)), 1.0)
+  out = {"eval_loss": float(sums.get("loss_sum", math.nan)) / weight}
+  out.update(prefixed(task.score(stacked(preds), data.records)))
+  return out
+
+
+def scalars(metrics: dict) -> dict:
+  """The numeric metrics (what metrics.jsonl and the progress line take)."""
+  return {
+    k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+  }
+
+
+def _compiled(trainable: Trainable, name: str, fn):
+  cache = trainable.__dict__.setdefault("_compiled", {})
+  if name not in cache:
+    cache[name] = trainable.jit_params_batch(fn)
+  return cache[name]

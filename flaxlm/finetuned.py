@@ -1,0 +1,150 @@
+"""A fine-tuned workdir: load its best model (task, labels, tokenizer and column mapping come
+from the checkpoint), evaluate it on a record set, predict with it.
+
+  finetune.py --mode=evaluate   -> evaluate(workdir, eval_data)   (writes eval_<name>.json)
+  finetune.py --mode=predict    -> predict(workdir, eval_data, output)
+  flaxlm.load / predict / evaluate -> load, predict_records, evaluate_records
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+
+from flaxlm import evaluation, sharding
+from flaxlm.checkpoint import Checkpointer
+from flaxlm.data import formats, tokenizers
+from flaxlm.errors import CheckpointMismatchError, DataError, DataNotFoundError
+from flaxlm.config_finetune import from_saved
+from flaxlm.finetuning import Model, build, data_name
+from flaxlm.models import registry
+from flaxlm.tasks import Columns, task_class
+from flaxlm.workdir import Workdir
+
+
+def workdir_kind(workdir) -> str | None:
+  """'finetune' or 'pretraining' (what the workdir's newest checkpoint holds), or None."""
+  workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+  for source in (workdir.best, workdir.checkpoints):
+    if source.exists():
+      ckpt = Checkpointer(source, async_save=False, create=False)
+      try:
+        meta = ckpt.restore_meta()
+      finally:
+        ckpt.close()
+      if meta:
+        return meta.get("kind", "pretraining")
+  return None
+
+
+# --- evaluate, predict, load ------------------------------------------------------------------
+
+
+def load(workdir, mesh=None, columns: dict | None = None) -> Model:
+  """The fine-tuned model of a workdir (its best checkpoint, else its newest), with its task,
+  labels, tokenizer and column mapping; `columns` overrides fields of the mapping."""
+  workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+  source = workdir.best if workdir.best.exists() else workdir.checkpoints
+  if not source.exists():
+    raise DataNotFoundError(
+      f"no fine-tuned checkpoint in {workdir}; train one with python finetune.py "
+      f"--config=configs/<task>.py --workdir={workdir}"
+    )
+  ckpt = Checkpointer(source, async_save=False, create=False)
+  try:
+    meta = ckpt.restore_meta()
+  finally:
+    ckpt.close()
+  if meta is None or meta.get("kind") != "finetune":
+    raise CheckpointMismatchError(
+      f"{workdir} holds no fine-tuning checkpoint (a pretraining run? use generate.py or point "
+      "a fine-tuning config's init_from at it)"
+    )
+  ft = from_saved(meta["config"])
+  saved = meta["task"]
+  cls = task_class(saved["name"])
+  task_config = cls.Config(
+    **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["config"].items()}
+  )
+  column_fields = {**saved["columns"], **(columns or {})}
+  family = meta["model_family"]
+  model_config = registry.model_config(family, meta["model"])
+  tokenizer = tokenizers.tokenizer_from_json(meta["tokenizer"])
+  task = cls(task_config, Columns(**column_fields), registry.family_of(family), model_config,
+             tokenizer, saved["labels"])  # fmt: skip
+  mesh = mesh or sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  ft = dataclasses.replace(ft, freeze_backbone=False, mesh=dict(mesh.shape))
+  trainable = build(task, family, model_config, ft, mesh)
+  ckpt = Checkpointer(source, async_save=False, create=False)
+  try:
+    if source == workdir.best:
+      restored = ckpt.restore({"params": trainable.abstract_state.params})
+      params = restored[1]["params"]
+    else:
+      params = ckpt.restore(trainable.abstract_state)[1].params
+  finally:
+    ckpt.close()
+  return Model(task, trainable, tokenizer, family, model_config, params)
+
+
+def _eval_batch_size(model: Model, requested: int) -> int:
+  dp = sharding.data_parallel_size(model.trainable.mesh)
+  return max(dp, -(-requested // dp) * dp)
+
+
+def evaluate(workdir, eval_data: str, columns: dict | None = None, batch_size: int = 32) -> dict:
+  """Metrics of a workdir's best checkpoint on `eval_data` (written to eval_<name>.json)."""
+  formats.check(eval_data, "eval_data")
+  model = load(workdir, columns=columns)
+  c = model.task.columns
+  records = formats.read(eval_data, c.word_index, c.tag_index, "eval_data")
+  if not records:
+    raise DataError(f"eval_data={eval_data!r} holds no records")
+  width = getattr(model.task.config, "max_len", 0)
+  data = evaluation.eval_set(model.task, records, _eval_batch_size(model, batch_size), width)
+  metrics = evaluation.evaluate(model.task, model.trainable, model.params, data)
+  workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+  if jax.process_index() == 0:
+    name = data_name(eval_data)
+    (workdir.path / f"eval_{name}.json").write_text(json.dumps(metrics, indent=1) + "\n")
+  return metrics
+
+
+def predict(
+  workdir, eval_data: str, output: str, columns: dict | None = None, batch_size: int = 32
+) -> int:
+  """Writes one JSON object per record of `eval_data` to `output`; returns how many."""
+  formats.check(eval_data, "eval_data")
+  model = load(workdir, columns=columns)
+  c = model.task.columns
+  records = formats.read(eval_data, c.word_index, c.tag_index, "eval_data")
+  width = getattr(model.task.config, "max_len", 0)
+  data = evaluation.eval_set(model.task, records, _eval_batch_size(model, batch_size), width)
+  preds, _ = evaluation.predictions(model.task, model.trainable, model.params, data)
+  rows = model.task.outputs(evaluation.stacked(preds), records)
+  if jax.process_index() == 0:
+    with open(output, "w", encoding="utf-8") as f:
+      for record, row in zip(records, rows, strict=True):
+        f.write(json.dumps({"source": record[formats.WHERE], **row}, ensure_ascii=False) + "\n")
+  return len(rows)
+
+
+def _records_set(model: Model, records: list[dict], batch_size: int):
+  width = getattr(model.task.config, "max_len", 0)
+  records = [{formats.WHERE: f"record {i}", **r} for i, r in enumerate(records)]
+  return evaluation.eval_set(model.task, records, _eval_batch_size(model, batch_size), width)
+
+
+def predict_records(model: Model, records: list[dict], batch_size: int = 32) -> list[dict]:
+  """The task's output for each record (dicts with the model's columns), in order."""
+  data = _records_set(model, records, batch_size)
+  preds, _ = evaluation.predictions(model.task, model.trainable, model.params, data)
+  return model.task.outputs(evaluation.stacked(preds), data.records)
+
+
+def evaluate_records(model: Model, records: list[dict], batch_size: int = 32) -> dict:
+  """The task's metrics on labelled records."""
+  data = _records_set(model, records, batch_size)
+  return evaluation.evaluate(model.task, model.trainable, model.params, data)

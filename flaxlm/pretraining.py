@@ -1,0 +1,390 @@
+"""Pretraining: a corpus and an objective, handed to the shared loop (`flaxlm.loop`).
+
+`check(run, workdir)` validates everything that can be validated before data is read (the
+mesh and batch sizes, the objective against the family and the tokenizer's reserved tokens,
+sequence lengths against position tables, parameter shapes against mesh axes, dataset
+strings, the workdir); `train` then tokenizes (once; cached), builds the sharded model and
+runs the loop. A rerun resumes; changing what shapes the data or the model between runs is
+refused with the keys that changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+
+import jax
+
+from flaxlm import loop, objectives, optim, sharding, validation
+from flaxlm.checkpoint import Checkpointer
+from flaxlm.config import RunConfig, from_saved
+from flaxlm.data import corpus, pipeline, tokenizers
+from flaxlm.errors import CheckpointMismatchError, ConfigError, DataNotFoundError
+from flaxlm.models import registry
+from flaxlm.training import Trainable, token_init
+from flaxlm.workdir import Workdir, WorkdirLock
+
+log = logging.getLogger("flaxlm")
+
+# Keys that decide which batch step s holds (and what a saved iterator position means): a
+# resumed run must keep them. Model architecture is compared separately.
+DATA_KEYS = (
+  "model_family",
+  "objective",
+  "batch_size",
+  "seed",
+  "data.dataset",
+  "data.text_feature",
+  "data.seq_len",
+  "data.window_stride",
+  "data.val_fraction",
+  "data.target_len",
+  "data.pairs_per_example",
+  "tokenizer",
+  "masking",
+  "spans",
+)
+
+
+def round_up(n: int, multiple: int) -> int:
+  return n if multiple <= 1 else -(-n // multiple) * multiple
+
+
+def fitted_model_config(run: RunConfig, vocab_size: int):
+  """The run's model config with its vocabulary sized for the tokenizer."""
+  model_config = run.model
+  if not model_config.vocab_size:
+    return dataclasses.replace(model_config, vocab_size=round_up(vocab_size, run.pad_vocab_to))
+  if model_config.vocab_size < vocab_size:
+    raise ConfigError(
+      f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's {vocab_size}; "
+      "set --config.model.vocab_size=0 to size it from the tokenizer"
+    )
+  return model_config
+
+
+def build(run: RunConfig, vocab_size: int, mesh=None) -> Trainable:
+  """Model + optimizer + sharded layout for this run, with the model vocab fitted to the tokenizer."""
+  model_config = fitted_model_config(run, vocab_size)
+  objectives.check_objective(run.objective)
+  mesh = mesh or validation.make_mesh(run.mesh)
+  validation.check_batches(run.batch_size, run.eval_batch_size, run.step.accum_steps, mesh)
+  model = registry.build_model(run.model_family, model_config)
+  init_shape = (sharding.data_parallel_size(mesh), min(run.data.seq_len, 8))
+  trainable = Trainable(
+    model=model,
+    optimizer=lambda boxed: optim.make_optimizer(run.optim, boxed),
+    schedule=optim.schedule(run.optim),
+    mesh=mesh,
+    rules=sharding.rules_from_config(run.logical_axis_rules),
+    loss=objectives.LOSSES[run.objective],
+    step_config=run.step,
+    init_params=token_init(model, *init_shape),
+  )
+  validation.check_divisible(trainable)
+  return trainable
+
+
+def run_objective(run: RunConfig, tokenizer) -> objectives.Objective:
+  """The run's objective with the tokenizer's special ids (masks, sentinels, EOS)."""
+  return objectives.make_objective(
+    run.objective,
+    tokenizer,
+    seq_len=run.data.seq_len,
+    masking=run.masking,
+    spans=run.spans,
+    target_len=run.data.target_len,
+    pairs_per_example=run.data.pairs_per_example,
+  )
+
+
+def check(run: RunConfig, workdir: Workdir | None = None) -> None:
+  """Every check that needs no data (see the module docstring); raises FlaxlmErrors."""
+  family = registry.family_of(run.model_family)
+  if not family.objectives:
+    raise ConfigError(
+      f"model_family={run.model_family!r} has no pretraining objective; it is a fine-tuning "
+      "baseline: python finetune.py --config=configs/finetune_sst2_lstm.py --workdir=<dir>"
+    )
+  if run.objective not in family.objectives:
+    raise ConfigError(
+      f"objective={run.objective!r} does not train model_family={run.model_family!r}; "
+      f"it trains {list(family.objectives)}"
+    )
+  validation.check_loop_keys(run)
+  validation.check_objective_tokens(run.objective, run.tokenizer)
+  if run.objective == "mlm_nsp" and not run.model.nsp_head:
+    raise ConfigError("objective='mlm_nsp' needs the NSP head: set --config.model.nsp_head=true")
+  lengths = {"seq_len": run.data.seq_len}
+  if run.objective == "span_corruption":
+    lengths["target_len (span corruption)"] = run_objective_target_len(run)
+  elif family.kind == "encdec":
+    lengths["target_len"] = run.data.target_len or run.data.seq_len
+  validation.check_lengths(run.model, lengths)
+  validation.check_attention(run.model)
+  if not run.data.eval_dataset and not 0 < run.data.val_fraction < 1:
+    raise ConfigError(
+      f"val_fraction={run.data.val_fraction}: with no eval_dataset the tail of the corpus is "
+      "held out for validation; use a fraction in (0, 1), e.g. 0.1"
+    )
+  validation.check_dataset(run.data.dataset, run.data.text_feature, "dataset")
+  if run.data.eval_dataset:
+    validation.check_dataset(run.data.eval_dataset, run.data.text_feature, "eval_dataset")
+  estimate = validation.vocab_estimate(run.tokenizer)
+  if run.model.vocab_size and estimate and run.model.vocab_size < estimate:
+    raise ConfigError(
+      f"model.vocab_size={run.model.vocab_size} is smaller than tokenizer.vocab_size={estimate}; "
+      "set --config.model.vocab_size=0 to size it from the tokenizer"
+    )
+  mesh = validation.make_mesh(run.mesh)
+  build(run, estimate or 256, mesh)  # batch sizes and parameter shapes against the mesh
+  if workdir is not None:
+    workdir.prepare()
+
+
+def run_objective_target_len(run: RunConfig) -> int:
+  from flaxlm.objectives.text_to_text import span_corruption_lengths, span_corruption_window
+
+  window = span_corruption_window(run.data.seq_len, run.spans)
+  return span_corruption_lengths(window, run.spans)[1]
+
+
+def model_config_json(trainable: Trainable) -> dict:
+  return dataclasses.asdict(trainable.model.config)
+
+
+def check_resume(meta: dict, run: RunConfig, trainable: Trainable, directory) -> None:
+  """Refuses to resume a checkpoint whose data or architecture this run would reinterpret."""
+  saved_model = {k: v for k, v in meta.get("model", {}).items() if k not in registry.RUNTIME_KEYS}
+  model = {k: v for k, v in model_config_json(trainable).items() if k not in registry.RUNTIME_KEYS}
+  if saved_model != model or meta.get("model_family", run.model_family) != run.model_family:
+    diff = sorted(k for k in set(model) | set(saved_model) if model.get(k) != saved_model.get(k))
+    raise CheckpointMismatchError(
+      f"the checkpoint in {directory} was trained with model {meta.get('model_family')} "
+      f"{ {k: saved_model.get(k) for k in diff} }, but this run builds {run.model_family} "
+      f"{ {k: model.get(k) for k in diff} }. Use the original config or a fresh --workdir."
+    )
+  if not meta.get("config"):
+    return
+  saved = from_saved(meta["config"])
+  changed = [
+    f"{key} ({_get(saved, key)!r} -> {_get(run, key)!r})"
+    for key in DATA_KEYS
+    if _get(saved, key) != _get(run, key)
+  ]
+  if changed:
+    raise CheckpointMismatchError(
+      f"the checkpoint in {directory} was trained with other data settings: "
+      f"{', '.join(changed)}; resuming would reinterpret its data position. Rerun with the "
+      "original values, or start a fresh --workdir."
+    )
+
+
+def _get(obj, dotted: str):
+  for part in dotted.split("."):
+    obj = getattr(obj, part)
+  return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def evaluator(trainable: Trainable, batches: list[dict]):
+  """params -> held-out metrics of the objective over a fixed set of global batches."""
+  import numpy as np
+
+  def evaluate(params) -> dict:
+    sums = None
+    for batch in batches:
+      out = trainable.eval_step(params, batch)
+      sums = out if sums is None else jax.tree.map(np.add, sums, out)
+    sums = jax.device_get(sums)
+    w = max(float(sums["weight_sum"]), 1.0)
+    loss = float(sums["nll_sum"]) / w
+    out = {
+      "eval_loss": loss,
+      "eval_accuracy": float(sums["correct_sum"]) / w,
+      "eval_perplexity": math.exp(min(loss, 50.0)),
+    }
+    if "at_mask_count" in sums:  # masked LM: accuracy at the slots that show [MASK]
+      count = max(float(sums["at_mask_count"]), 1.0)
+      out["eval_accuracy_at_mask"] = float(sums["at_mask_correct_sum"]) / count
+    if "nsp_count" in sums:  # BERT's next-sentence prediction
+      count = max(float(sums["nsp_count"]), 1.0)
+      out["eval_nsp_accuracy"] = float(sums["nsp_correct_sum"]) / count
+    return out
+
+  return evaluate
+
+
+def train(run: RunConfig, workdir: str | Workdir, config_json: dict | None = None) -> dict:
+  """Trains to `run.num_train_steps`, resuming from `workdir` if it holds a checkpoint.
+
+  Returns the last logged metrics with 'step', 'interrupted', and for reports 'state',
+  'trainable', 'tokenizer' and 'eval_example' (one held-out example, numpy)."""
+  workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+  check(run, workdir)
+  lock = WorkdirLock(workdir)
+  if jax.process_index() == 0:
+    lock.acquire()
+  ckpt = Checkpointer(workdir.checkpoints, keep=run.keep_checkpoints, save_every=1)
+  try:
+    meta = ckpt.restore_meta()
+    saved_tokenizer = tokenizers.tokenizer_from_json(meta["tokenizer"]) if meta else None
+    data = corpus.load_corpus(run.data, run.tokenizer, workdir.data, saved_tokenizer)
+    objective = run_objective(run, data.tokenizer)
+    trainable = build(run, data.tokenizer.vocab_size)
+    if meta:
+      check_resume(meta, run, trainable, ckpt.directory)
+    restored = ckpt.restore(trainable.abstract_state) if meta else None
+
+    batch_sharding = sharding.batch_sharding(trainable.mesh)
+    eval_examples = pipeline.eval_batches(
+      data.validation, run.data, run.eval_batch_size, run.eval_batches, objective
+    )
+    eval_set = [sharding.to_global(b, batch_sharding) for b in eval_examples]
+    family = registry.family_of(run.model_family)
+    flops_per_token = family.flops_per_token(
+      trainable.model.config, run.data.seq_len, objective.target_len
+    )
+    if jax.process_index() == 0:
+      n_params = sum(x.size for x in jax.tree.leaves(trainable.abstract_state.params))
+      log.info(
+        "model %s: %.2fM parameters, %.3g training FLOPs/token, mesh %s",
+        run.model_family,
+        n_params / 1e6,
+        flops_per_token,
+        dict(trainable.mesh.shape),
+      )
+    job = loop.Job(
+      trainable=trainable,
+      dataset=pipeline.train_dataset(data.train, run.data, run.batch_size, objective),
+      evaluate=evaluator(trainable, eval_set),
+      meta=lambda: {
+        "kind": "pretraining",
+        "tokenizer": data.tokenizer.to_json(),
+        "model": model_config_json(trainable),
+        "model_family": run.model_family,
+        "objective": run.objective,
+        "config": config_json or {},
+      },
+      initial_state=lambda: trainable.init_state(run.seed),
+      tokens_per_step=run.batch_size * (run.data.seq_len + objective.target_len),
+      flops_per_token=flops_per_token,
+    )
+    result = loop.run(job, run.loop, workdir, ckpt, restored)
+  finally:
+    ckpt.close()
+    lock.release()
+  return {
+    "step": result.step,
+    "interrupted": result.interrupted,
+    **result.metrics,
+    "state": result.state,
+    "trainable": trainable,
+    "tokenizer": data.tokenizer,
+    "eval_example": jax.tree.map(lambda x: x[0], eval_examples[0]),  # numpy, for reports
+  }
+
+
+def _sample_report(run: RunConfig, result: dict) -> str | None:
+  from flaxlm.sampling import SamplingConfig, sample_text
+
+  if not run.sample_tokens:
+    return None
+  text = sample_text(
+    result["trainable"],
+    result["state"].params,
+    result["tokenizer"],
+    run.sample_prompt,
+    SamplingConfig(run.sample_tokens, temperature=0.8, top_k=40),
+    seed=run.seed,
+  )
+  return "--- sample ---\n" + text + "\n--------------"
+
+
+def _example_report(run: RunConfig, result: dict) -> str:
+  from flaxlm import seq2seq_decoding
+
+  report = seq2seq_decoding.example_report(
+    result["trainable"], result["state"].params, result["tokenizer"], result["eval_example"]
+  )
+  return "--- held-out example ---\n" + report + "\n------------------------"
+
+
+def _masked_report(run: RunConfig, result: dict) -> str:
+  from flaxlm.objectives.masked import fill_masks_report
+
+  report = fill_masks_report(
+    result["trainable"], result["state"].params, result["tokenizer"], result["eval_example"]
+  )
+  return "--- held-out example ---\n" + report + "\n------------------------"
+
+
+# What a run prints when it ends, by the kind of model (registry.Family.kind).
+REPORTS = {"decoder": _sample_report, "encdec": _example_report, "encoder": _masked_report}
+
+
+def end_of_run_report(run: RunConfig, result: dict) -> str | None:
+  """A sample (decoders), or a held-out example with the model's prediction."""
+  return REPORTS[registry.family_of(run.model_family).kind](run, result)
+
+
+def load_trained(workdir: str | Workdir, mesh=None) -> tuple[Trainable, object, object]:
+  """(trainable, params, tokenizer) from the newest checkpoint of a pretraining workdir.
+
+  The model family, model config, objective and tokenizer all come from the checkpoint's
+  own metadata. `mesh` defaults to one device."""
+  workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+  if not workdir.checkpoints.exists():
+    raise DataNotFoundError(
+      f"no checkpoint in {workdir.checkpoints}; train one first: "
+      f"python train.py --config=configs/gpt_tiny.py --workdir={workdir}"
+    )
+  ckpt = Checkpointer(workdir.checkpoints, async_save=False, create=False)
+  try:
+    meta = ckpt.restore_meta()
+    if meta is None:
+      raise DataNotFoundError(
+        f"no checkpoint in {ckpt.directory}; train one first: "
+        f"python train.py --config=configs/gpt_tiny.py --workdir={workdir}"
+      )
+    if meta.get("kind", "pretraining") != "pretraining":
+      raise CheckpointMismatchError(
+        f"{workdir} holds a fine-tuned {meta.get('task', {}).get('name')} model; load it with "
+        "flaxlm.load or python finetune.py --mode=evaluate"
+      )
+    mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    run = saved_run(meta, sharding.data_parallel_size(mesh))
+    tokenizer = tokenizers.tokenizer_from_json(meta["tokenizer"])
+    trainable = build(run, tokenizer.vocab_size, mesh)
+    restored = ckpt.restore(trainable.abstract_state)
+    if restored is None:
+      raise CheckpointMismatchError(f"no readable checkpoint in {ckpt.directory}")
+  finally:
+    ckpt.close()
+  return trainable, restored[1].params, tokenizer
+
+
+def saved_run(meta: dict, batch_size: int = 1) -> RunConfig:
+  """The RunConfig a checkpoint was written with, its model family, model and objective taken
+  from the checkpoint's own metadata (not from a config that may be missing or older)."""
+  family = meta["model_family"]
+  config = dict(meta.get("config") or {})
+  config.update(
+    model_family=family,
+    model=meta["model"],
+    objective=meta.get("objective", config.get("objective", "")),
+  )
+  run = from_saved(config)
+  return dataclasses.replace(
+    run,
+    model=registry.model_config(family, meta["model"]),
+    batch_size=batch_size,
+    eval_batch_size=batch_size,
+    mesh={"data": 1, "fsdp": 1, "tensor": 1},
+    step=dataclasses.replace(run.step, accum_steps=1),
+  )
+
+
+def dump_config_json(c) -> dict:
+  return json.loads(c.to_json_best_effort())

@@ -1,0 +1,31 @@
+"""Fine-tuning tasks: one module each, registered here by name (`config.task.name`).
+
+  classification         single texts or pairs -> a label, labels or a number   classification.py
+  token_classification   words -> a tag each (NER, with CoNLL entity scores)     token_classification.py
+  relation               a text with two marked entities -> their relation       relation.py
+
+A task says how a record becomes an example, which head sits on the backbone, the loss, the
+predictions and how they are scored; see `flaxlm.tasks.base.Task`.
+"""
+
+from __future__ import annotations
+
+from flaxlm.errors import ConfigError
+from flaxlm.tasks.base import Columns, Task, config_from_block
+from flaxlm.tasks.classification import Classification
+from flaxlm.tasks.relation import Relation
+from flaxlm.tasks.token_classification import TokenClassification
+
+TASKS: dict[str, type[Task]] = {
+  "classification": Classification,
+  "token_classification": TokenClassification,
+  "relation": Relation,
+}
+
+__all__ = ["TASKS", "Columns", "Task", "config_from_block", "task_class"]
+
+
+def task_class(name: str) -> type[Task]:
+  if name not in TASKS:
+    raise ConfigError(f"task.name={name!r} is unknown; known tasks: {sorted(TASKS)}")
+  return TASKS[name]

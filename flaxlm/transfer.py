@@ -1,0 +1,67 @@
+"""Starting a fine-tuning model from pretrained weights (`config.init_from`).
+
+A flaxlm pretraining workdir gives its newest checkpoint's model family, architecture,
+tokenizer and parameters. The parameters become the task model's 'backbone' subtree, bit for
+bit; the head starts fresh. The pretraining heads that a task does not use (BERT's MLM and
+NSP heads, an untied LM head) are left out and listed; a backbone parameter the checkpoint
+lacks, or one of another shape, fails with the paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from flax import traverse_util
+
+from flaxlm.errors import CheckpointMismatchError, DataNotFoundError
+from flaxlm.models import registry
+from flaxlm.workdir import Workdir
+
+log = logging.getLogger("flaxlm")
+
+
+@dataclasses.dataclass
+class Pretrained:
+  family: str
+  model_config: object  # the family's frozen config
+  tokenizer: object
+  params: dict  # the backbone's parameter tree (device arrays)
+  source: str
+
+
+def load(init_from: str, mesh, hint: str = "") -> Pretrained:
+  """The pretrained backbone named by `init_from` (a pretraining workdir), on `mesh`."""
+  from flaxlm import pretraining
+
+  workdir = Workdir(init_from)
+  if not workdir.checkpoints.exists() or not any(workdir.checkpoints.iterdir()):
+    fix = f"; create it with: {hint}" if hint else "; train one with train.py first"
+    raise DataNotFoundError(f"init_from={init_from!r} holds no pretraining checkpoint{fix}")
+  trainable, params, tokenizer = pretraining.load_trained(workdir, mesh)
+  family = registry.family_of_model(trainable.model)
+  return Pretrained(family.name, trainable.model.config, tokenizer, params, str(workdir.path))
+
+
+def backbone_overrides(abstract_params: dict, pretrained: Pretrained) -> dict:
+  """{flattened path in the task model: pretrained array} for every backbone parameter.
+
+  Raises with the missing and mismatched paths; logs the unused pretraining parameters."""
+  want = traverse_util.flatten_dict(abstract_params["backbone"])
+  have = traverse_util.flatten_dict(pretrained.params)
+  missing = sorted("/".join(k) for k in want if k not in have)
+  mismatched = sorted(
+    f"{'/'.join(k)}: checkpoint {tuple(have[k].shape)} vs model {tuple(v.shape)}"
+    for k, v in want.items()
+    if k in have and tuple(have[k].shape) != tuple(v.shape)
+  )
+  unused = sorted("/".join(k) for k in have if k not in want)
+  if missing or mismatched:
+    raise CheckpointMismatchError(
+      f"init_from={pretrained.source}: its parameters do not fit the task's backbone; missing "
+      f"{missing[:8]}{' ...' if len(missing) > 8 else ''}, shape-mismatched {mismatched[:8]}, "
+      f"unexpected {unused[:8]}{' ...' if len(unused) > 8 else ''}"
+    )
+  if unused:
+    log.info("init_from: %d pretraining parameters not used by the task: %s", len(unused), unused)
+  return {("backbone", *k): have[k] for k in want}
