@@ -43,7 +43,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_gpt  # noqa: E402
 
 from flaxlm import cli, layers, objectives, optim, sharding, training  # noqa: E402
-from flaxlm.data import pipeline  # noqa: E402
 from flaxlm.models import gpt  # noqa: E402
 
 # name: (model dims, batch, seq, default steps per block, default rounds, cpu_devices)

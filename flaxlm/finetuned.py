@@ -15,9 +15,9 @@ import jax
 
 from flaxlm import evaluation, sharding
 from flaxlm.checkpoint import Checkpointer
+from flaxlm.config_finetune import from_saved
 from flaxlm.data import formats, tokenizers
 from flaxlm.errors import CheckpointMismatchError, DataError, DataNotFoundError
-from flaxlm.config_finetune import from_saved
 from flaxlm.finetuning import Model, build, data_name
 from flaxlm.models import registry
 from flaxlm.tasks import Columns, task_class

@@ -20,9 +20,9 @@ import numpy as np
 
 from flaxlm import evaluation, loop, optim, reporting, sharding, transfer, validation
 from flaxlm.checkpoint import Checkpointer
+from flaxlm.config_finetune import FinetuneConfig, from_saved
 from flaxlm.data import corpus, formats, pipeline, tokenizers
 from flaxlm.errors import CheckpointMismatchError, ConfigError, DataError, DataNotFoundError
-from flaxlm.config_finetune import FinetuneConfig, from_saved
 from flaxlm.models import heads, registry
 from flaxlm.tasks import task_class
 from flaxlm.training import Trainable
