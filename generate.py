@@ -4,7 +4,8 @@ Decoder-only models (GPT) continue a prompt:
   python generate.py --workdir=/tmp/flaxlm_tiny --prompt="The " --max_new_tokens=200 \
       [--temperature=0.8] [--top_k=40] [--top_p=0.95] [--greedy] [--num_samples=2] [--seed=0]
 
-Encoder-decoder models (T5, Transformer) map each source line to a target line, with beam
+A fine-tuned seq2seq or SFT workdir (finetune.py) generates the same way. Encoder-decoder
+models (T5, Transformer) map each source line to a target line, with beam
 search (--beam_size=4 --alpha=0.6), greedy decoding (--beam_size=0 --greedy) or sampling;
 with --reference_file they print sacreBLEU (detokenized) against it:
   python generate.py --workdir=/tmp/mt --input_file=val.en --reference_file=val.de \
@@ -18,7 +19,7 @@ import sys
 
 from absl import flags
 
-from flaxlm import cli, seq2seq_decoding
+from flaxlm import cli, finetuned, seq2seq_decoding
 from flaxlm.errors import DataError
 from flaxlm.models import registry
 from flaxlm.pretraining import load_trained
@@ -120,7 +121,15 @@ def main(argv):
   if not _WORKDIR.value:
     sys.exit("generate.py: --workdir is required (the directory train.py wrote)")
   with cli.user_errors("generate.py"):
-    trainable, params, tokenizer = load_trained(_WORKDIR.value)
+    if finetuned.workdir_kind(_WORKDIR.value) == "finetune":  # a seq2seq or SFT fine-tune
+      model = finetuned.load(_WORKDIR.value)
+      if model.model is not model.trainable.model or not hasattr(model.task, "generate"):
+        raise DataError(
+          f"{_WORKDIR.value} holds a {model.task.name} model, which does not generate text"
+        )
+      trainable, params, tokenizer = model.trainable, model.params, model.tokenizer
+    else:
+      trainable, params, tokenizer = load_trained(_WORKDIR.value)
     GENERATORS[registry.family_of_model(trainable.model).kind](trainable, params, tokenizer)
 
 

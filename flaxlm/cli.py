@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags
 
-from flaxlm.errors import FlaxlmError
+from flaxlm.errors import ConfigError, FlaxlmError
 
 FLAGS = flags.FLAGS
 
@@ -115,7 +115,7 @@ def cpu_device_count(requested: int, cores: int, batch_sizes: tuple[int, ...] = 
   if requested == -1:
     return max(n for n in range(1, max(cores, 1) + 1) if all(b % n == 0 for b in batch_sizes))
   if requested < 1:
-    raise ValueError(f"cpu_devices={requested}; use a positive count, or -1 for one per core")
+    raise ConfigError(f"cpu_devices={requested}; use a positive count, or -1 for one per core")
   return requested
 
 

@@ -38,6 +38,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model_family = "gpt"
   c.model = model_preset("gpt", "tiny")
   c.objective = ""  # '' = the family's default pretraining objective
+  # Continue pretraining from a checkpoint: a train.py workdir or hf:<dir> (Hugging Face). Its
+  # family, architecture and tokenizer replace model_family / model / tokenizer (only the
+  # model's runtime keys, e.g. dropout_rate or remat_policy, still apply).
+  c.init_from = ""
 
   # Data: see flaxlm/data/sources.py for the dataset strings.
   c.dataset = "builtin:python-docs"
@@ -129,6 +133,7 @@ class RunConfig:
   mesh: dict
   logical_axis_rules: tuple
   cpu_devices: int
+  init_from: str = ""
 
   @property
   def loop(self) -> LoopConfig:
@@ -200,6 +205,7 @@ def from_config_dict(c: ml_collections.ConfigDict) -> RunConfig:
     mesh=c.mesh.to_dict(),
     logical_axis_rules=tuple(tuple(r) for r in c.logical_axis_rules),
     cpu_devices=c.cpu_devices,
+    init_from=c.init_from,
   )
 
 

@@ -61,6 +61,7 @@ def finetune_config() -> ml_collections.ConfigDict:
   c.val_fraction = 0.1
   c.columns = ml_collections.ConfigDict(dataclasses.asdict(Columns()))
   c.max_train_examples = 0  # 0 = all
+  c.max_eval_examples = 0  # 0 = all (the first N dev records: a quicker, rougher dev metric)
   c.drop_duplicates = True  # identical inputs (after the column mapping) kept once
   c.max_tokens = 0  # > 0: drop training examples longer than this instead of truncating
 
@@ -86,6 +87,7 @@ def finetune_config() -> ml_collections.ConfigDict:
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
   init_from: str
+  init_from_command: str  # how to create init_from (printed when it is missing)
   model_family: str
   model_overrides: dict  # the model block's set keys (a full model config without init_from)
   tokenizer: TokenizerConfig
@@ -97,6 +99,7 @@ class FinetuneConfig:
   val_fraction: float
   columns: Columns
   max_train_examples: int
+  max_eval_examples: int
   drop_duplicates: bool
   max_tokens: int
   optim: optim.OptimConfig
@@ -146,6 +149,7 @@ def from_config_dict(c: ml_collections.ConfigDict) -> FinetuneConfig:
     metric = "eval_" + metric
   return FinetuneConfig(
     init_from=c.init_from,
+    init_from_command=c.init_from_command,
     model_family=c.model_family,
     model_overrides=overrides,
     tokenizer=TokenizerConfig(**c.tokenizer.to_dict()),
@@ -157,6 +161,7 @@ def from_config_dict(c: ml_collections.ConfigDict) -> FinetuneConfig:
     val_fraction=c.val_fraction,
     columns=Columns(**c.columns.to_dict()),
     max_train_examples=c.max_train_examples,
+    max_eval_examples=c.max_eval_examples,
     drop_duplicates=c.drop_duplicates,
     max_tokens=c.max_tokens,
     optim=optim_config(c),
@@ -174,7 +179,7 @@ def from_config_dict(c: ml_collections.ConfigDict) -> FinetuneConfig:
     keep_checkpoints=c.keep_checkpoints,
     peak_flops=c.peak_flops,
     early_stopping=EarlyStopping(
-      metric=metric, mode=stop.mode or cls.metric_mode, patience=stop.patience
+      metric=metric, mode=stop.mode or cls.metric_mode_for(task), patience=stop.patience
     ),
     kfold=c.kfold,
     mesh=c.mesh.to_dict(),

@@ -28,21 +28,30 @@ class EvalSet:
   records: list[dict]
   batches: list[dict]  # numpy, each of batch_size rows
   count: int  # real rows (the rest pad the last batch)
+  owners: list[int]  # the record of each example (a record may have several)
 
 
 def eval_set(task: Task, records: list[dict], batch_size: int, max_width: int) -> EvalSet:
-  examples = [task.example(r) for r in records]
+  examples, owners = [], []
+  for i, record in enumerate(records):
+    for example in task.examples(record):
+      examples.append(example)
+      owners.append(i)
   if not examples:
-    return EvalSet(records, [], 0)
+    return EvalSet(records, [], 0, [])
   filler = {**examples[0], "example_weight": np.float32(0.0)}
   padded = examples + [filler] * (-len(examples) % batch_size)
   collate = pipeline.pad_collate(task.pad_values, max_width=max_width)
   batches = [collate(padded[i : i + batch_size]) for i in range(0, len(padded), batch_size)]
-  return EvalSet(records, batches, len(examples))
+  return EvalSet(records, batches, len(examples), owners)
 
 
-def predictions(task: Task, trainable: Trainable, params, data: EvalSet) -> tuple[dict, dict]:
-  """(predictions: key -> list of per-record arrays, summed loss quantities)."""
+def predictions(
+  task: Task, trainable: Trainable, params, data: EvalSet, generate: bool | None = None
+) -> tuple[dict, dict]:
+  """(predictions: key -> list of per-example arrays, plus 'record': each example's record
+  index and, for tasks that write text, 'text'; summed loss quantities). `generate`
+  overrides whether text tasks decode (evaluations may skip it for speed)."""
   predict = _compiled(trainable, "predict", lambda p, b: task.predict(trainable.model, p, b))
   batch_sharding = sharding.batch_sharding(trainable.mesh)
   out: dict[str, list] = {}
@@ -54,21 +63,29 @@ def predictions(task: Task, trainable: Trainable, params, data: EvalSet) -> tupl
       out.setdefault(key, []).extend(list(np.asarray(value)))
     s = jax.device_get(trainable.eval_step(params, on_mesh))
     sums = s if sums is None else jax.tree.map(np.add, sums, s)
-  return {k: v[: data.count] for k, v in out.items()}, sums or {}
+  preds = {k: v[: data.count] for k, v in out.items()}
+  preds["record"] = list(data.owners)
+  if hasattr(task, "generate") and (
+    getattr(task, "generates", False) if generate is None else generate
+  ):
+    preds["text"] = task.generate(trainable, params, data.records)
+  return preds, sums or {}
 
 
 def stacked(preds: dict) -> dict:
   """Per-record arrays of one shape stacked into (N, ...) arrays; ragged ones left as lists."""
   out = {}
   for key, rows in preds.items():
+    arrays = rows and all(isinstance(r, np.ndarray | np.generic) for r in rows)
     shapes = {np.shape(r) for r in rows}
-    out[key] = np.stack(rows) if len(shapes) == 1 and rows else rows
+    out[key] = np.stack(rows) if arrays and len(shapes) == 1 else rows
   return out
 
 
-def evaluate(task: Task, trainable: Trainable, params, data: EvalSet) -> dict:
-  """eval_loss and the task's metrics (eval_ prefixed) over `data`."""
-  preds, sums = predictions(task, trainable, params, data)
+def evaluate(task: Task, trainable: Trainable, params, data: EvalSet, generate=None) -> dict:
+  """eval_loss and the task's metrics (eval_ prefixed) over `data`; `generate` as in
+  `predictions` (text tasks: decode and score the text, or report the loss alone)."""
+  preds, sums = predictions(task, trainable, params, data, generate)
   weight = max(float(sums.get("weight_sum", 0.0)), 1.0)
   out = {"eval_loss": float(sums.get("loss_sum", math.nan)) / weight}
   out.update(prefixed(task.score(stacked(preds), data.records)))

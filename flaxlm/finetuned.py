@@ -104,7 +104,7 @@ def evaluate(workdir, eval_data: str, columns: dict | None = None, batch_size: i
     raise DataError(f"eval_data={eval_data!r} holds no records")
   width = getattr(model.task.config, "max_len", 0)
   data = evaluation.eval_set(model.task, records, _eval_batch_size(model, batch_size), width)
-  metrics = evaluation.evaluate(model.task, model.trainable, model.params, data)
+  metrics = evaluation.evaluate(model.task, model.trainable, model.params, data, generate=True)
   workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
   if jax.process_index() == 0:
     name = data_name(eval_data)
@@ -122,7 +122,7 @@ def predict(
   records = formats.read(eval_data, c.word_index, c.tag_index, "eval_data")
   width = getattr(model.task.config, "max_len", 0)
   data = evaluation.eval_set(model.task, records, _eval_batch_size(model, batch_size), width)
-  preds, _ = evaluation.predictions(model.task, model.trainable, model.params, data)
+  preds, _ = evaluation.predictions(model.task, model.trainable, model.params, data, generate=True)
   rows = model.task.outputs(evaluation.stacked(preds), records)
   if jax.process_index() == 0:
     with open(output, "w", encoding="utf-8") as f:
@@ -140,11 +140,11 @@ def _records_set(model: Model, records: list[dict], batch_size: int):
 def predict_records(model: Model, records: list[dict], batch_size: int = 32) -> list[dict]:
   """The task's output for each record (dicts with the model's columns), in order."""
   data = _records_set(model, records, batch_size)
-  preds, _ = evaluation.predictions(model.task, model.trainable, model.params, data)
+  preds, _ = evaluation.predictions(model.task, model.trainable, model.params, data, generate=True)
   return model.task.outputs(evaluation.stacked(preds), data.records)
 
 
 def evaluate_records(model: Model, records: list[dict], batch_size: int = 32) -> dict:
   """The task's metrics on labelled records."""
   data = _records_set(model, records, batch_size)
-  return evaluation.evaluate(model.task, model.trainable, model.params, data)
+  return evaluation.evaluate(model.task, model.trainable, model.params, data, generate=True)

@@ -16,6 +16,7 @@ import logging
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from flaxlm import evaluation, loop, optim, reporting, sharding, transfer, validation
@@ -50,8 +51,9 @@ class Model:
 # --- checks -----------------------------------------------------------------------------------
 
 
-def check(ft: FinetuneConfig, workdir: Workdir | None = None, hint: str = "") -> None:
+def check(ft: FinetuneConfig, workdir: Workdir | None = None) -> None:
   """Everything that can be checked before data is read."""
+  hint = ft.init_from_command
   validation.check_loop_keys(ft)
   if not ft.train_data:
     raise ConfigError(
@@ -122,6 +124,8 @@ def clean(task, records: list[dict], ft: FinetuneConfig, split: str) -> list[dic
     kept.append(r)
   if ft.max_train_examples and split == "train":
     kept = kept[: ft.max_train_examples]
+  if ft.max_eval_examples and split == "dev":
+    kept = kept[: ft.max_eval_examples]
   log.info(
     "%s: %d records kept of %d (dropped: %s)",
     split,
@@ -148,9 +152,10 @@ def build(task, family: str, model_config, ft: FinetuneConfig, mesh) -> Trainabl
   backbone = registry.build_model(family, model_config)
   model = task.model(backbone)
   dp = sharding.data_parallel_size(mesh)
-  chars = getattr(task, "chars", 0)
-  example = heads.dummy_batch(dp, 8, chars)
-  init_batch = task.init_batch(dp) if hasattr(task, "init_batch") else example
+  if isinstance(model, heads.TaskModel):  # a head on the backbone's features
+    example = (heads.dummy_batch(dp, 8, getattr(task, "chars", 0)),)
+  else:  # the backbone writes text itself (seq2seq, SFT, text-to-text labels)
+    example = (jnp.zeros((dp, 8), jnp.int32),)
   trainable = Trainable(
     model=model,
     optimizer=lambda boxed: optim.make_optimizer(ft.optim, boxed),
@@ -159,7 +164,7 @@ def build(task, family: str, model_config, ft: FinetuneConfig, mesh) -> Trainabl
     rules=sharding.rules_from_config(ft.logical_axis_rules),
     loss=task.loss,
     step_config=ft.step,
-    init_params=lambda rng: model.init(rng, init_batch)["params"],
+    init_params=lambda rng: model.init(rng, *example)["params"],
     frozen=(lambda path: path[0] == "backbone") if ft.freeze_backbone else None,
   )
   validation.check_divisible(trainable)
@@ -244,11 +249,17 @@ def _steps_for_epochs(ft: FinetuneConfig, n_train: int) -> FinetuneConfig:
   )
 
 
-def train(ft: FinetuneConfig, workdir, config_json: dict | None = None, hint: str = "") -> dict:
+def train(
+  ft: FinetuneConfig,
+  workdir,
+  config_json: dict | None = None,
+  records: tuple[list[dict], list[dict]] | None = None,
+) -> dict:
   """Fine-tunes (resuming from `workdir` if it holds a run), then evaluates the best
-  checkpoint on the dev set. Returns its metrics with 'step', 'interrupted', 'best'."""
+  checkpoint on the dev set. Returns its metrics with 'step', 'interrupted', 'best', and the
+  trained 'model'. `records` (train, dev) replace reading the config's data (k-fold)."""
   workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
-  check(ft, workdir, hint)
+  check(ft, workdir)
   lock = WorkdirLock(workdir)
   if jax.process_index() == 0:
     lock.acquire()
@@ -259,14 +270,14 @@ def train(ft: FinetuneConfig, workdir, config_json: dict | None = None, hint: st
     if meta:
       check_resume(meta, ft, ckpt.directory)
     cls = task_class(ft.task_name)
-    train_records, dev_records = read_records(ft)
+    train_records, dev_records = records or read_records(ft)
     pretrained = None
     if meta:  # resuming: the model, tokenizer and labels of the saved run
       family, tokenizer = meta["model_family"], tokenizers.tokenizer_from_json(meta["tokenizer"])
       base = registry.model_config(family, meta["model"])
       model_config, labels = _model_config(ft, base, 0, 0), meta["task"]["labels"]
     elif ft.init_from:
-      pretrained = transfer.load(ft.init_from, mesh, hint)
+      pretrained = transfer.load(ft.init_from, mesh, ft.init_from_command)
       family, tokenizer = pretrained.family, pretrained.tokenizer
       model_config = _model_config(ft, pretrained.model_config, 0, 0)
       labels = cls.fit_labels(ft.task, ft.columns, train_records)
@@ -286,7 +297,7 @@ def train(ft: FinetuneConfig, workdir, config_json: dict | None = None, hint: st
     dev_records = clean(task, dev_records, ft, "dev")
     if hasattr(task, "set_balanced_weights"):
       task.set_balanced_weights(train_records)
-    examples = [task.example(r) for r in train_records]
+    examples = [e for r in train_records for e in task.examples(r)]
     if ft.max_tokens:
       examples = [e for e in examples if task.tokens_per_example(e) <= ft.max_tokens]
     ft = _steps_for_epochs(ft, len(examples))
@@ -328,9 +339,9 @@ def train(ft: FinetuneConfig, workdir, config_json: dict | None = None, hint: st
   params = result.state.params
   best_params = restore_params(workdir.best, trainable)
   final = evaluation.evaluate(
-    task, trainable, best_params if best_params is not None else params, dev
+    task, trainable, best_params if best_params is not None else params, dev, generate=True
   )
-  name = data_name(ft.eval_data or ft.train_data)
+  name = "dev" if records else data_name(ft.eval_data or ft.train_data)
   write_report(workdir, name, final, task)
   out.update(final)
   out.update(model=Model(task, trainable, tokenizer, family, model_config, params))

@@ -17,7 +17,7 @@ import math
 
 import jax
 
-from flaxlm import loop, objectives, optim, sharding, validation
+from flaxlm import loop, objectives, optim, sharding, transfer, validation
 from flaxlm.checkpoint import Checkpointer
 from flaxlm.config import RunConfig, from_saved
 from flaxlm.data import corpus, pipeline, tokenizers
@@ -108,6 +108,7 @@ def check(run: RunConfig, workdir: Workdir | None = None) -> None:
       f"model_family={run.model_family!r} has no pretraining objective; it is a fine-tuning "
       "baseline: python finetune.py --config=configs/finetune_sst2_lstm.py --workdir=<dir>"
     )
+  objectives.check_objective(run.objective)
   if run.objective not in family.objectives:
     raise ConfigError(
       f"objective={run.objective!r} does not train model_family={run.model_family!r}; "
@@ -132,7 +133,7 @@ def check(run: RunConfig, workdir: Workdir | None = None) -> None:
   validation.check_dataset(run.data.dataset, run.data.text_feature, "dataset")
   if run.data.eval_dataset:
     validation.check_dataset(run.data.eval_dataset, run.data.text_feature, "eval_dataset")
-  estimate = validation.vocab_estimate(run.tokenizer)
+  estimate = 0 if run.init_from else validation.vocab_estimate(run.tokenizer)
   if run.model.vocab_size and estimate and run.model.vocab_size < estimate:
     raise ConfigError(
       f"model.vocab_size={run.model.vocab_size} is smaller than tokenizer.vocab_size={estimate}; "
@@ -151,12 +152,32 @@ def run_objective_target_len(run: RunConfig) -> int:
   return span_corruption_lengths(window, run.spans)[1]
 
 
+def with_architecture(run: RunConfig, family: str, base) -> RunConfig:
+  """`run` on the architecture `base` of a checkpoint it continues from; the run's own
+  runtime model keys (dropout, dtype, remat, attention) still apply."""
+  runtime = {k: getattr(run.model, k) for k in registry.RUNTIME_KEYS if hasattr(run.model, k)}
+  if family != run.model_family or type(run.model) is not type(base):
+    runtime = {}
+  log.info("init_from=%s: %s model %s", run.init_from, family, dataclasses.asdict(base))
+  return dataclasses.replace(
+    run,
+    model_family=family,
+    model=dataclasses.replace(base, **runtime),
+    objective=run.objective
+    if run.objective in registry.family_of(family).objectives
+    else registry.family_of(family).objective,
+  )
+
+
 def model_config_json(trainable: Trainable) -> dict:
   return dataclasses.asdict(trainable.model.config)
 
 
-def check_resume(meta: dict, run: RunConfig, trainable: Trainable, directory) -> None:
-  """Refuses to resume a checkpoint whose data or architecture this run would reinterpret."""
+def check_resume(meta: dict, run: RunConfig, trainable: Trainable | None, directory) -> None:
+  """Refuses to resume a checkpoint whose data or architecture this run would reinterpret
+  (with `trainable` None, only the data keys: checked before the corpus is read)."""
+  if trainable is None:
+    return _check_resume_data(meta, run, directory)
   saved_model = {k: v for k, v in meta.get("model", {}).items() if k not in registry.RUNTIME_KEYS}
   model = {k: v for k, v in model_config_json(trainable).items() if k not in registry.RUNTIME_KEYS}
   if saved_model != model or meta.get("model_family", run.model_family) != run.model_family:
@@ -166,13 +187,21 @@ def check_resume(meta: dict, run: RunConfig, trainable: Trainable, directory) ->
       f"{ {k: saved_model.get(k) for k in diff} }, but this run builds {run.model_family} "
       f"{ {k: model.get(k) for k in diff} }. Use the original config or a fresh --workdir."
     )
-  if not meta.get("config"):
+
+
+def _check_resume_data(meta: dict, run: RunConfig, directory) -> None:
+  if "data_keys" in meta:
+    saved_keys = meta["data_keys"]
+  elif meta.get("config"):  # checkpoints written before data_keys were recorded
+    saved = from_saved(meta["config"])
+    saved_keys = {key: _get(saved, key) for key in DATA_KEYS}
+  else:
     return
-  saved = from_saved(meta["config"])
+  now = json.loads(json.dumps({key: _get(run, key) for key in DATA_KEYS}))
   changed = [
-    f"{key} ({_get(saved, key)!r} -> {_get(run, key)!r})"
+    f"{key} ({saved_keys.get(key)!r} -> {now[key]!r})"
     for key in DATA_KEYS
-    if _get(saved, key) != _get(run, key)
+    if saved_keys.get(key) != now[key]
   ]
   if changed:
     raise CheckpointMismatchError(
@@ -222,7 +251,10 @@ def train(run: RunConfig, workdir: str | Workdir, config_json: dict | None = Non
   Returns the last logged metrics with 'step', 'interrupted', and for reports 'state',
   'trainable', 'tokenizer' and 'eval_example' (one held-out example, numpy)."""
   workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
-  check(run, workdir)
+  if not run.init_from:
+    check(run, workdir)
+  else:  # the checkpoint decides the architecture (checked below); the rest is checked now
+    workdir.prepare()
   lock = WorkdirLock(workdir)
   if jax.process_index() == 0:
     lock.acquire()
@@ -230,6 +262,18 @@ def train(run: RunConfig, workdir: str | Workdir, config_json: dict | None = Non
   try:
     meta = ckpt.restore_meta()
     saved_tokenizer = tokenizers.tokenizer_from_json(meta["tokenizer"]) if meta else None
+    pretrained = None
+    if run.init_from:  # continued pretraining: the architecture of the checkpoint
+      if meta:
+        base = registry.model_config(meta["model_family"], meta["model"])
+        run = with_architecture(run, meta["model_family"], base)
+      else:
+        pretrained = transfer.load(run.init_from, validation.make_mesh(run.mesh))
+        saved_tokenizer = pretrained.tokenizer
+        run = with_architecture(run, pretrained.family, pretrained.model_config)
+      check(run, workdir)
+    if meta:
+      check_resume(meta, run, None, ckpt.directory)
     data = corpus.load_corpus(run.data, run.tokenizer, workdir.data, saved_tokenizer)
     objective = run_objective(run, data.tokenizer)
     trainable = build(run, data.tokenizer.vocab_size)
@@ -261,13 +305,16 @@ def train(run: RunConfig, workdir: str | Workdir, config_json: dict | None = Non
       evaluate=evaluator(trainable, eval_set),
       meta=lambda: {
         "kind": "pretraining",
+        "data_keys": {key: _get(run, key) for key in DATA_KEYS},
         "tokenizer": data.tokenizer.to_json(),
         "model": model_config_json(trainable),
         "model_family": run.model_family,
         "objective": run.objective,
         "config": config_json or {},
       },
-      initial_state=lambda: trainable.init_state(run.seed),
+      initial_state=lambda: trainable.init_state(
+        run.seed, transfer.all_params(pretrained) if pretrained else None
+      ),
       tokens_per_step=run.batch_size * (run.data.seq_len + objective.target_len),
       flops_per_token=flops_per_token,
     )

@@ -122,3 +122,29 @@ def sample_text(
   out = jax.device_get(out)
   texts = [tokenizer.decode(row[len(ids) if prompt else 1 :]) for row in out]
   return texts[0] if num_samples == 1 else texts
+
+
+def complete(
+  trainable, params, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 32
+) -> list[str]:
+  """Greedy continuations (decoded text, up to EOS) of token-id prompts, in order. Prompts
+  of one length decode together (the KV cache here takes one prompt length per batch)."""
+  config = SamplingConfig(max_new_tokens, temperature=0.0, eos_id=tokenizer.eos_id)
+  out: list[str] = [""] * len(prompts)
+  by_length: dict[int, list[int]] = {}
+  for i, p in enumerate(prompts):
+    by_length.setdefault(len(p), []).append(i)
+  for length, rows in sorted(by_length.items()):
+    for first in range(0, len(rows), batch_size):
+      chunk = rows[first : first + batch_size]
+      with trainable.context():
+        tokens = generate(
+          trainable.model, params, jnp.asarray([prompts[i] for i in chunk], jnp.int32),
+          jax.random.PRNGKey(0), config,
+        )  # fmt: skip
+      for i, row in zip(chunk, jax.device_get(tokens), strict=True):
+        new = [int(t) for t in row[length:]]
+        if tokenizer.eos_id in new:
+          new = new[: new.index(tokenizer.eos_id)]
+        out[i] = tokenizer.decode(new)
+  return out

@@ -65,3 +65,8 @@ def backbone_overrides(abstract_params: dict, pretrained: Pretrained) -> dict:
   if unused:
     log.info("init_from: %d pretraining parameters not used by the task: %s", len(unused), unused)
   return {("backbone", *k): have[k] for k in want}
+
+
+def all_params(pretrained: Pretrained) -> dict:
+  """{flattened path: array} of every parameter (continued pretraining takes them all)."""
+  return dict(traverse_util.flatten_dict(pretrained.params))

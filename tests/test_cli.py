@@ -35,6 +35,31 @@ COMMANDS = {
   "generate_empty": ("generate.py", ["--workdir={d}"], False),
   "generate_missing": ("generate.py", ["--workdir={d}/typo"], False),
   "help": ("train.py", ["--help"], False),
+  "unparsable_config": ("train.py", ["--config={d}/broken.py", "--workdir={d}/run"], False),
+  "non_utf8_text": (
+    "train.py",
+    ["--workdir={d}/run", "--config.dataset=text:{d}/latin1.txt"],
+    True,
+  ),
+  "finetune_missing_column": (
+    "finetune.py",
+    [
+      "--config=configs/finetune_sst2_lstm.py",
+      "--workdir={d}/run",
+      "--config.train_data=tsv:{d}/train.tsv",
+      "--config.eval_data=tsv:{d}/train.tsv",
+      "--config.columns.text=review",
+    ],
+    False,
+  ),
+  "finetune_without_eval_data": ("finetune.py", ["--workdir={d}", "--mode=evaluate"], False),
+}
+
+# Files some commands read, written into their directory before they start.
+INPUTS = {
+  "unparsable_config": {"broken.py": "def get_config(:\n  pass\n"},
+  "non_utf8_text": {"latin1.txt": b"caf\xe9 cr\xe8me\n" * 50},
+  "finetune_missing_column": {"train.tsv": "label\ttext\n1\tgood\n0\tbad\n"},
 }
 
 
@@ -45,6 +70,8 @@ def runs(scripts, tmp_path_factory) -> dict:
   procs = {}
   for name, (script, args, tiny) in COMMANDS.items():
     d = tmp_path_factory.mktemp(name)
+    for file, content in INPUTS.get(name, {}).items():
+      (d / file).write_bytes(content if isinstance(content, bytes) else content.encode())
     out, err = open(d.parent / f"{name}.out", "w+"), open(d.parent / f"{name}.err", "w+")
     args = [a.format(d=d) for a in args]
     procs[name] = (scripts.start(script, *args, tiny=tiny, stdout=out, stderr=err), out, err, d)
@@ -187,3 +214,23 @@ def test_cpu_devices_split_the_host_into_a_data_parallel_mesh(scripts, tmp_path)
   )
   assert proc.returncode == 0, proc.stderr
   assert "mesh {'data': 2, 'fsdp': 1, 'tensor': 1}" in proc.stderr, proc.stderr
+
+
+def test_config_file_that_does_not_parse(runs):
+  proc, workdir = runs["unparsable_config"]
+  assert_one_line(proc, "broken.py")
+  assert not (workdir / "run").exists()
+
+
+def test_non_utf8_text_names_file_and_line(runs):
+  proc, _ = runs["non_utf8_text"]
+  assert_one_line(proc, "latin1.txt:1 is not UTF-8", "iconv")
+
+
+def test_finetune_missing_column_names_file_line_and_key(runs):
+  proc, _ = runs["finetune_missing_column"]
+  assert_one_line(proc, "train.tsv:2 has no column 'review'", "--config.columns.text")
+
+
+def test_finetune_evaluate_needs_eval_data(runs):
+  assert_one_line(runs["finetune_without_eval_data"][0], "--mode=evaluate needs --eval_data")

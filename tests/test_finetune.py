@@ -391,3 +391,37 @@ def test_word_tokenizer_is_deterministic_and_round_trips():
   assert tok.encode("zebra") == [tok.special_ids["unk"]]
   chars = tok.char_ids(["Cat", ""], 4)
   assert chars.shape == (2, 4) and chars[1].sum() == 0 and chars[0, 0] != chars[0, 1]
+
+
+@pytest.mark.parametrize(
+  "head, outputs, shape", [("sequence", 3, (2, 3)), ("token", 5, (2, 6, 5)), ("span", 2, (2, 6, 2))]
+)
+@pytest.mark.parametrize("family", ["bert", "gpt", "lstm"])
+def test_head_shapes_per_task(family, head, outputs, shape):
+  """Sequence heads give (B, labels), token heads (B, T, labels), span heads (B, T, 2), on
+  every backbone kind; the head's parameters sit beside 'backbone' under Hugging Face's names."""
+  from flaxlm.models import heads
+
+  fam = registry.family_of(family)
+  preset = {"bert": "bert_tiny", "gpt": "tiny", "lstm": "bilstm"}[family]
+  config = fam.presets[preset].__class__(**{**fam.presets[preset].__dict__, "vocab_size": 64})
+  model = heads.TaskModel(fam.module_cls(config), fam.features, head, outputs)
+  batch = heads.dummy_batch(2, 6)
+  batch["segment_ids"] = np.array([[1] * 6, [1, 1, 1, 0, 0, 0]], np.int32)
+  variables = model.init(jax.random.PRNGKey(0), batch)
+  assert set(variables["params"]) == {"backbone", heads.HEAD_NAMES[head]}
+  assert model.apply(variables, batch).shape == shape
+
+
+def test_reading_a_config_loads_no_data_library():
+  """flaxlm.config and the fine-tuning config import neither TFDS, Grain nor TensorFlow."""
+  import subprocess
+  import sys
+
+  code = (
+    "import sys, flaxlm.config, flaxlm.config_finetune; "
+    "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow_datasets', 'grain', 'tensorflow')))"
+  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == "[]"

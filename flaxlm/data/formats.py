@@ -10,6 +10,8 @@ reported as `file:line`.
                  (which columns hold the word and the tag: `word_index`, `tag_index`)
   squad:<path>   SQuAD v1 JSON -> {'id', 'context', 'question', 'answers': [{'text',
                  'answer_start'}]} per question
+  pairs:<source>,<target>   two line-aligned files -> {'source', 'target'} per line (as
+                 train.py's pairs: datasets; lines empty on either side are skipped)
   tfds:<name>[:split]   a TFDS catalog dataset's records (its features are the columns)
 
 Tasks name the fields they read through `config.columns` (e.g. columns.text='content').
@@ -23,7 +25,7 @@ import os
 
 from flaxlm.errors import ConfigError, DataError, DataNotFoundError
 
-FORMATS = ("tsv", "csv", "jsonl", "conll", "squad", "tfds")
+FORMATS = ("tsv", "csv", "jsonl", "conll", "squad", "pairs", "tfds")
 WHERE = "_where"  # the field every record carries: "path:line"
 
 
@@ -40,12 +42,14 @@ def parse(spec: str, key: str = "train_data") -> tuple[str, str]:
 def check(spec: str, key: str = "train_data") -> None:
   """The spec's form, and that its file exists (no reading)."""
   fmt, arg = parse(spec, key)
-  if fmt != "tfds":
-    path = os.path.expanduser(arg)
+  if fmt == "pairs" and len(arg.split(",")) != 2:
+    raise ConfigError(f"config.{key}={spec!r}: pairs: takes two files, source then target")
+  for part in arg.split(",") if fmt == "pairs" else ([] if fmt == "tfds" else [arg]):
+    path = os.path.expanduser(part)
     if not os.path.exists(path):
-      raise DataNotFoundError(f"config.{key}: {arg} does not exist (from {os.getcwd()})")
+      raise DataNotFoundError(f"config.{key}: {part} does not exist (from {os.getcwd()})")
     if os.path.isdir(path):
-      raise DataNotFoundError(f"config.{key}: {arg} is a directory; name the file")
+      raise DataNotFoundError(f"config.{key}: {part} is a directory; name the file")
 
 
 def read(spec: str, word_index: int = 0, tag_index: int = -1, key: str = "train_data") -> list:
@@ -54,6 +58,8 @@ def read(spec: str, word_index: int = 0, tag_index: int = -1, key: str = "train_
   fmt, arg = parse(spec, key)
   if fmt == "tfds":
     return _tfds(arg)
+  if fmt == "pairs":
+    return _pairs(*arg.split(","))
   path = os.path.expanduser(arg)
   try:
     with open(path, encoding="utf-8", newline="") as f:
@@ -150,6 +156,22 @@ def _squad(path: str, text: str, _) -> list[dict]:
         except (KeyError, TypeError, ValueError) as e:
           raise DataError(f"{where} is malformed ({type(e).__name__}: {e})") from None
   return records
+
+
+def _pairs(source: str, target: str) -> list[dict]:
+  sides = []
+  for path in (source, target):
+    with open(os.path.expanduser(path), encoding="utf-8") as f:
+      sides.append(f.read().rstrip("\n").split("\n"))
+  if len(sides[0]) != len(sides[1]):
+    raise DataError(
+      f"{source} has {len(sides[0])} lines but {target} has {len(sides[1])}; they must align"
+    )
+  return [
+    {"source": a.strip(), "target": b.strip(), WHERE: f"{source}:{i}"}
+    for i, (a, b) in enumerate(zip(*sides, strict=True), start=1)
+    if a.strip() and b.strip()
+  ]
 
 
 def _tfds(arg: str) -> list[dict]:

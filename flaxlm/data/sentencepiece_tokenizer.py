@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 
 import numpy as np
 
@@ -15,6 +16,7 @@ from flaxlm.data.tokenizers import (
   TokenizerConfig,
   _training_lines,
 )
+from flaxlm.errors import ConfigError
 
 
 class SentencePieceTokenizer:
@@ -58,29 +60,45 @@ class SentencePieceTokenizer:
     special = SPECIAL_TOKENS[config.special_tokens]
     exact = not config.special_tokens  # exact round trip; else WordPiece-like whitespace
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(sentences),
-      model_writer=model,
-      vocab_size=config.vocab_size,
-      model_type=config.model_type,
-      character_coverage=1.0,
-      normalization_rule_name="nmt_nfkc_cf"
-      if config.lowercase
-      else ("identity" if exact else "nmt_nfkc"),
-      remove_extra_whitespaces=not exact,
-      allow_whitespace_only_pieces=exact,
-      byte_fallback=True,
-      add_dummy_prefix=not exact,
-      split_digits=True,
-      **{**special, "user_defined_symbols": ["\n"] * exact + special["user_defined_symbols"]},
-      hard_vocab_limit=False,
-      num_threads=2,
-      minloglevel=2,
-    )
+    try:
+      spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_writer=model,
+        vocab_size=config.vocab_size,
+        model_type=config.model_type,
+        character_coverage=1.0,
+        normalization_rule_name="nmt_nfkc_cf"
+        if config.lowercase
+        else ("identity" if exact else "nmt_nfkc"),
+        remove_extra_whitespaces=not exact,
+        allow_whitespace_only_pieces=exact,
+        byte_fallback=True,
+        add_dummy_prefix=not exact,
+        split_digits=True,
+        **{**special, "user_defined_symbols": ["\n"] * exact + special["user_defined_symbols"]},
+        hard_vocab_limit=False,
+        num_threads=2,
+        minloglevel=2,
+      )
+    except RuntimeError as e:  # e.g. fewer pieces than the text's characters + reserved ones
+      need = re.search(r"\. (\d+) vs (\d+)", str(e))
+      detail = f" (the text and reserved tokens need {need.group(2)})" if need else ""
+      raise ConfigError(
+        f"tokenizer.vocab_size={config.vocab_size} is too small for SentencePiece{detail}; "
+        f"raise --config.tokenizer.vocab_size ({str(e).splitlines()[0][:120]})"
+      ) from None
     return cls(model.getvalue())
 
   def encode(self, text: str) -> list[int]:
     return self.sp.encode(text)
+
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids and each piece's [start, end) character span in `text` (SentencePiece reports
+    UTF-8 byte spans of the original text, mapped here to characters)."""
+    proto = self.sp.encode(text, return_type="proto")
+    char_at = byte_to_char(text)
+    spans = [(char_at[p.begin], char_at[p.end]) for p in proto.pieces]
+    return [p.id for p in proto.pieces], spans
 
   def decode(self, ids) -> str:
     keep = [int(i) for i in ids if int(i) not in self._silent]
@@ -98,3 +116,11 @@ class SentencePieceTokenizer:
 
   def to_json(self) -> dict:
     return {"kind": "sentencepiece", "model": base64.b64encode(self.model_proto).decode("ascii")}
+
+
+def byte_to_char(text: str) -> list[int]:
+  """For each UTF-8 byte offset of `text` (and its end), the character it falls in."""
+  out = []
+  for i, ch in enumerate(text):
+    out += [i] * len(ch.encode("utf-8"))
+  return out + [len(text)]

@@ -147,6 +147,8 @@ def open_source(spec: str, data_dir: str, text_feature: str = "text") -> TextSou
     return TextSource(
       spec, {"train": _local_builder(name, records, data_dir, fields)}, "source,target"
     )
+  if kind in specs.RECORD_FILES:
+    return _record_field_source(spec, data_dir, text_feature)
   name, _, split = arg.partition(":")
   builder = tfds_builder(name, data_dir)
   check_features(spec, builder, text_feature)
@@ -162,11 +164,31 @@ def open_source(spec: str, data_dir: str, text_feature: str = "text") -> TextSou
   return TextSource(spec, splits, text_feature)
 
 
+def _record_field_source(spec: str, data_dir: str, text_feature: str) -> TextSource:
+  """A field (or two, for pairs) of every record of a jsonl/tsv/csv file, as documents."""
+  from flaxlm.data import formats
+
+  records = formats.read(spec, key="dataset")
+  names = text_feature.split(",")
+  docs = [{n: str(formats.field(r, n, "text_feature")) for n in names} for r in records]
+  paths = specs.local_files(spec.partition(":")[2])
+  fields = ("source", "target") if len(names) == 2 else ("text",)
+  renamed = [dict(zip(fields, (d[n] for n in names), strict=True)) for d in docs]
+  name = (
+    _files_fingerprint("r", paths) + "_" + hashlib.sha256(text_feature.encode()).hexdigest()[:8]
+  )
+  builder = _local_builder(name, renamed, data_dir, fields)
+  return TextSource(spec, {"train": builder}, "source,target" if len(names) == 2 else "text")
+
+
 def tfds_builder(name: str, data_dir: str):
+  known = tfds.list_builders(with_community_datasets=False)  # the community list needs TF
   try:
+    if name.split("/")[0].split(":")[0] not in known:
+      raise tfds.core.registered.DatasetNotFoundError(name)
     return tfds.builder(name, data_dir=data_dir, file_format="array_record")
   except tfds.core.registered.DatasetNotFoundError:
-    close = difflib.get_close_matches(name.split("/")[0], tfds.list_builders(), n=3)
+    close = difflib.get_close_matches(name.split("/")[0], known, n=3)
     raise DataNotFoundError(
       f"no TFDS dataset {name!r}"
       + (f" (similar: {', '.join(close)})" if close else "")

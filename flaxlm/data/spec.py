@@ -5,6 +5,8 @@
   pairs:<source>,<target>    parallel text: line i of one file translates line i of the other
   tfds:<name>[:split]        a TFDS catalog dataset with a text feature (`text_feature`;
                              'en,de' reads a translation dataset as pairs)
+  jsonl:<path> | tsv:<path> | csv:<path>   a field of labelled records (`text_feature`,
+                             e.g. 'dialogue'; 'a,b' reads fields a and b as pairs)
 
 This module imports no data library: configs are validated with it before TFDS or Grain load.
 """
@@ -18,7 +20,8 @@ import os
 from flaxlm.errors import ConfigError, DataNotFoundError
 
 DEFAULT_DATASET = "builtin:python-docs"
-SCHEMES = ("builtin", "text", "pairs", "tfds")
+SCHEMES = ("builtin", "text", "pairs", "tfds", "jsonl", "tsv", "csv")
+RECORD_FILES = ("jsonl", "tsv", "csv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +48,7 @@ def parse(spec: str, key: str = "dataset") -> tuple[str, str]:
   if not sep or scheme not in SCHEMES or not arg:
     raise ConfigError(
       f"config.{key}={spec!r}: use 'builtin:python-docs', 'text:<path-or-glob>', "
-      "'pairs:<source-file>,<target-file>' or 'tfds:<name>[:split]'"
+      "'pairs:<source-file>,<target-file>', 'tfds:<name>[:split]' or jsonl:/tsv:/csv:<path>"
     )
   if scheme == "builtin" and arg != "python-docs":
     raise ConfigError(f"config.{key}={spec!r}: the builtin dataset is 'builtin:python-docs'")
@@ -83,6 +86,8 @@ def check(spec: str, text_feature: str, key: str = "dataset") -> None:
         f"config.text_feature={text_feature!r}, but text: files have one field, 'text'; "
         "leave text_feature at 'text' (it names a field of TFDS datasets)"
       )
+  elif scheme in RECORD_FILES:
+    local_files(arg, key)
   elif scheme == "pairs":
     paths = local_files(arg, key)
     if len(paths) != 2:
@@ -98,7 +103,7 @@ def fingerprint(spec: str) -> list:
   if not spec:
     return []
   scheme, arg = spec.partition(":")[::2]
-  if scheme not in ("text", "pairs"):
+  if scheme not in ("text", "pairs", *RECORD_FILES):
     return [spec]
   stamp = []
   for path in local_files(arg):

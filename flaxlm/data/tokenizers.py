@@ -101,6 +101,15 @@ class ByteTokenizer:
   def encode(self, text: str) -> list[int]:
     return list(text.encode("utf-8"))
 
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids and the character each byte belongs to, as [start, end) spans."""
+    ids, spans = [], []
+    for i, ch in enumerate(text):
+      b = ch.encode("utf-8")
+      ids += list(b)
+      spans += [(i, i + 1)] * len(b)
+    return ids, spans
+
   def decode(self, ids) -> str:
     return bytes(int(i) for i in ids if int(i) < 256).decode("utf-8", errors="replace")
 
@@ -131,6 +140,9 @@ class CharTokenizer:
         f"character {e.args[0]!r} is not in this char-level vocabulary ({self.vocab_size} characters "
         "seen in training); use only characters from the training text"
       ) from None
+
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    return self.encode(text), [(i, i + 1) for i in range(len(text))]
 
   def decode(self, ids) -> str:
     return "".join(self.chars[int(i)] for i in ids if 0 <= int(i) < self.vocab_size)
@@ -210,6 +222,10 @@ class WordTokenizer:
   def split(self, text: str) -> list[str]:
     """The words of `text` as written (before lowercasing)."""
     return self.PATTERN.findall(text)
+
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    found = list(self.PATTERN.finditer(text))
+    return self.encode_words([m.group() for m in found]), [m.span() for m in found]
 
   def encode(self, text: str) -> list[int]:
     return self.encode_words(self.split(text))

@@ -159,6 +159,11 @@ class WordPieceTokenizer:
     lines = self.tok.encode_batch(text.split("\n"), add_special_tokens=False)
     return [i for line in lines for i in line.ids]
 
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids and each piece's [start, end) character span in `text`."""
+    encoding = self.tok.encode(text, add_special_tokens=False)
+    return list(encoding.ids), [tuple(o) for o in encoding.offsets]
+
   def decode(self, ids) -> str:
     keep = [int(i) for i in ids if int(i) not in self._silent]
     return self.tok.decode(keep, skip_special_tokens=False)

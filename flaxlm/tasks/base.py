@@ -65,6 +65,10 @@ class Task:
     return cls.metric
 
   @classmethod
+  def metric_mode_for(cls, config) -> str:
+    return cls.metric_mode
+
+  @classmethod
   def fit_labels(cls, config, columns: Columns, records: list[dict]) -> list[str] | None:
     """The label set, from the training records (saved in every checkpoint)."""
     return None
@@ -80,8 +84,19 @@ class Task:
   def example(self, record: dict) -> dict[str, np.ndarray]:
     raise NotImplementedError
 
+  def examples(self, record: dict) -> list[dict[str, np.ndarray]]:
+    """The examples of one record: one, or several for a long text cut into windows (QA).
+    Predictions of a record's examples come back together (`predictions['record']`)."""
+    return [self.example(record)]
+
   def tokens_per_example(self, example: dict) -> int:
     return int(np.sum(example["segment_ids"] > 0))
+
+  # Training rows made of several examples (packing, e.g. SFT): `group` examples in, one out.
+  group: int = 1
+
+  def pack(self, examples: list[dict]) -> dict:
+    raise NotImplementedError
 
   # --- model ------------------------------------------------------------------------------
   def model(self, backbone):

@@ -4,11 +4,17 @@ sacreBLEU and rouge-score (generation), and the official SQuAD normalization (QA
 only turns predictions into the inputs these libraries expect.
 
 Keys follow README's vocabulary: accuracy, precision_macro, recall_macro, f1_macro,
-f1_micro, per_class, roc_auc, pr_auc, mcc, confusion_matrix; pearson, spearman;
-entity_precision, entity_recall, entity_f1; num_examples always.
+f1_micro, per_class, roc_auc, pr_auc, mcc, confusion_matrix (fractions); pearson, spearman;
+entity_precision, entity_recall, entity_f1 (fractions); exact_match, f1 (percent, as the
+SQuAD script); rouge1, rouge2, rougeL (fractions, as rouge-score) and bleu (0-100, as
+sacreBLEU); num_examples always.
 """
 
 from __future__ import annotations
+
+import collections
+import re
+import string
 
 import numpy as np
 
@@ -125,4 +131,75 @@ def entities(true_tags: list[list[str]], pred_tags: list[list[str]]) -> dict:
     "entity_f1": float(sm.f1_score(true_tags, pred_tags, zero_division=0)),
     "accuracy": float(sm.accuracy_score(true_tags, pred_tags)),  # per token
     "per_class": per_type,
+  }
+
+
+# --- extractive QA: the official SQuAD v1.1 evaluation, with CMRC 2018's handling of Chinese --
+
+_CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_PUNCT = set(string.punctuation) | set("，。！？、；：“”‘’（）《》〈〉【】『』「」﹃﹄〔〕…—～·")
+
+
+def normalize_answer(text: str) -> str:
+  """SQuAD v1.1's normalize_answer: lowercase, no punctuation, no English articles, single
+  spaces (punctuation extended with the full-width marks Chinese text uses)."""
+  text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+  text = re.sub(r"\b(a|an|the)\b", " ", text)
+  return " ".join(text.split())
+
+
+def answer_tokens(text: str) -> list[str]:
+  """Whitespace tokens of the normalized answer, each CJK character its own token (CMRC
+  2018's mixed segmentation), so F1 gives partial credit in Chinese as in English."""
+  tokens = []
+  for word in normalize_answer(text).split():
+    tokens += [t for t in re.split(f"({_CJK.pattern})", word) if t]
+  return tokens
+
+
+def squad_scores(predictions: list[str], answers: list[list[str]]) -> dict:
+  """Exact match and token F1 in percent, each the maximum over a question's gold answers,
+  averaged over questions (the official SQuAD v1.1 script's exact_match and f1)."""
+
+  def f1(prediction: str, gold: str) -> float:
+    p, g = answer_tokens(prediction), answer_tokens(gold)
+    common = sum((collections.Counter(p) & collections.Counter(g)).values())
+    if common == 0:
+      return 0.0
+    precision, recall = common / len(p), common / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+  em = [
+    max(float(normalize_answer(p) == normalize_answer(g)) for g in golds)
+    for p, golds in zip(predictions, answers, strict=True)
+  ]
+  f = [max(f1(p, g) for g in golds) for p, golds in zip(predictions, answers, strict=True)]
+  return {
+    "num_examples": len(predictions),
+    "exact_match": 100.0 * float(np.mean(em)),
+    "f1": 100.0 * float(np.mean(f)),
+  }
+
+
+# --- generation ----------------------------------------------------------------------------
+
+
+def generation(hypotheses: list[str], references: list[list[str]]) -> dict:
+  """ROUGE-1/2/L F-measures (rouge-score, stemmed; best over each example's references) and
+  corpus BLEU (sacreBLEU, 13a, all references), with several references per example."""
+  try:
+    import sacrebleu
+    from rouge_score import rouge_scorer
+  except ImportError:
+    raise ConfigError(
+      "generation metrics need rouge-score and sacrebleu: pip install 'flaxlm[finetune]'"
+    ) from None
+  scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+  scores = [scorer.score_multi(refs, hyp) for hyp, refs in zip(hypotheses, references, strict=True)]
+  width = max(len(r) for r in references)
+  streams = [[refs[i] if i < len(refs) else refs[0] for refs in references] for i in range(width)]
+  return {
+    "num_examples": len(hypotheses),
+    **{k: float(np.mean([s[k].fmeasure for s in scores])) for k in ("rouge1", "rouge2", "rougeL")},
+    "bleu": float(sacrebleu.corpus_bleu(hypotheses, streams).score),
   }

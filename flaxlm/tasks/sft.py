@@ -1,0 +1,149 @@
+"""Instruction tuning (SFT) of decoders: prompt -> response pairs, or chat turns with roles.
+
+Each example is the prompt put into `template` followed by the response and EOS; the loss
+counts the response tokens only. With chat records (`columns.messages`: a list of
+{'role', 'content'}), every turn is written with `turn_template` and the loss counts the
+assistant's turns; the last assistant turn is what evaluation generates. Training rows pack
+`pack` examples one after another (segment ids keep them apart in attention, positions
+restart), so short pairs do not waste the row. Evaluation generates greedily and scores
+ROUGE / BLEU against the response.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from flaxlm.data.formats import WHERE, field, has_field
+from flaxlm.errors import ConfigError, DataError
+from flaxlm.tasks.seq2seq import Seq2Seq
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+  template: str = "### Instruction:\n{prompt}\n\n### Response:\n"
+  turn_template: str = "<|{role}|>\n{content}\n"  # chat turns; the assistant's are learned
+  assistant_role: str = "assistant"
+  max_len: int = 512  # tokens per packed row (and per example)
+  pack: int = 4  # examples per training row
+  target_len: int = 128  # response tokens kept
+  max_new_tokens: int = 0  # generated at most; 0 = target_len
+  generate_in_eval: bool = True
+
+  def __post_init__(self):
+    if "{prompt}" not in self.template:
+      raise ConfigError(f"task.template={self.template!r} must contain {{prompt}}")
+
+
+class SFT(Seq2Seq):
+  name = "sft"
+  Config = SFTConfig
+
+  def __init__(self, *args):
+    super().__init__(*args)
+    self.pad_values = {**self.pad_values, "positions": 0}
+
+  def check(self) -> None:
+    if self.family.kind != "decoder":
+      raise ConfigError(
+        "task 'sft' tunes decoders (model_family gpt); encoder-decoders use 'seq2seq'"
+      )
+    super().check()
+
+  @property
+  def group(self) -> int:
+    return max(self.config.pack, 1)
+
+  # --- records: a prompt and its response, from pairs or chat turns ------------------------
+  def _turns(self, record) -> list[dict]:
+    turns = field(record, self.columns.messages, "messages")
+    if not isinstance(turns, list) or not all(
+      isinstance(t, dict) and "content" in t for t in turns
+    ):
+      raise DataError(f"{record[WHERE]}: messages must be a list of {{'role', 'content'}} objects")
+    return turns
+
+  def _last_assistant(self, turns: list[dict]) -> int:
+    roles = [t.get("role") for t in turns]
+    if self.config.assistant_role not in roles:
+      return len(turns)
+    return len(roles) - 1 - roles[::-1].index(self.config.assistant_role)
+
+  def source(self, record) -> str:
+    if self.columns.messages:
+      turns = self._turns(record)
+      head = turns[: self._last_assistant(turns)]
+      text = "".join(self.config.turn_template.format(**t) for t in head)
+      return text + self.config.turn_template.split("{content}")[0].format(
+        role=self.config.assistant_role
+      )
+    return self.config.template.format(prompt=field(record, self.columns.prompt, "prompt"))
+
+  def references(self, record) -> list[str]:
+    if self.columns.messages:
+      turns = self._turns(record)
+      last = self._last_assistant(turns)
+      if last == len(turns):
+        raise DataError(
+          f"{record[WHERE]}: no {self.config.assistant_role!r} turn to learn or score"
+        )
+      return [str(turns[last]["content"])]
+    return [str(field(record, self.columns.response, "response"))]
+
+  def _labelled(self, record) -> bool:
+    if self.columns.messages:
+      return any(t.get("role") == self.config.assistant_role for t in self._turns(record))
+    return has_field(record, self.columns.response)
+
+  def key(self, record):
+    return (self.source(record), self.references(record)[0] if self._labelled(record) else None)
+
+  # --- examples: template + response + EOS, learned on the response ------------------------
+  def example(self, record: dict) -> dict:
+    c, tok = self.config, self.tokenizer
+    prompt = tok.encode(self.source(record))
+    response = tok.encode(self.references(record)[0]) if self._labelled(record) else []
+    response = [*response[: c.target_len - 1], tok.eos_id]
+    prompt = prompt[-(c.max_len - len(response)) :]  # the prompt's end leads into the response
+    tokens = prompt + response
+    learn = np.arange(len(tokens) - 1) >= len(prompt) - 1  # predict response tokens and EOS
+    return {
+      "inputs": np.asarray(tokens[:-1], np.int32),
+      "targets": np.asarray(tokens[1:], np.int32),
+      "weights": learn.astype(np.float32),
+      "segment_ids": np.ones(len(tokens) - 1, np.int32),
+      "positions": np.arange(len(tokens) - 1, dtype=np.int32),
+      "example_weight": np.float32(1.0),
+    }
+
+  def pack(self, examples: list[dict]) -> dict:
+    """Examples one after another in one row of at most max_len tokens: segment i + 1 for
+    the i-th, positions restarting; an example that no longer fits is left out."""
+    rows, used = [], 0
+    for e in examples:
+      n = len(e["inputs"])
+      if rows and used + n > self.config.max_len:
+        break
+      rows.append(e)
+      used += n
+    out = {
+      k: np.concatenate([e[k] for e in rows]) for k in ("inputs", "targets", "weights", "positions")
+    }
+    out["segment_ids"] = np.concatenate(
+      [np.full(len(e["inputs"]), i + 1, np.int32) for i, e in enumerate(rows)]
+    )
+    out["example_weight"] = np.float32(1.0)
+    return out
+
+  def prompt_and_target(self, record) -> tuple[list[int], list[int]]:
+    target = self.references(record)[0] if self._labelled(record) else ""
+    return self.tokenizer.encode(self.source(record)), self.tokenizer.encode(target)
+
+  def generate(self, trainable, params, records: list[dict], batch_size: int = 32) -> list[str]:
+    from flaxlm.sampling import complete
+
+    c = self.config
+    new_tokens = c.max_new_tokens or c.target_len
+    prompts = [self.tokenizer.encode(self.source(r))[-(c.max_len - new_tokens) :] for r in records]
+    return complete(trainable, params, self.tokenizer, prompts, new_tokens, batch_size)

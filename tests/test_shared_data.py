@@ -1,0 +1,70 @@
+"""Every shipped config that reads ../shared/data runs a few steps on its real files
+(as shipped: its tokenizer, data readers and column mapping; a smaller model and fewer
+steps so the sweep fits CI). Configs that start from a pretraining run get a tiny one."""
+
+import pytest
+from test_configs import CONFIGS, load
+
+pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
+
+READS_SHARED = [p for p in CONFIGS if "../shared/data" in p.read_text()]
+PRETRAINING = [p for p in READS_SHARED if not p.stem.startswith("finetune_")]
+FINETUNING = [p for p in READS_SHARED if p.stem.startswith("finetune_")]
+SMALL = ["--config.num_train_steps=2", "--config.log_every=1", "--config.checkpoint_every=0",
+         "--config.eval_every=0"]  # fmt: skip
+
+
+def shrink(config) -> list[str]:
+  model = config.model
+  args = []
+  if "num_layers" in model and model.get("num_layers"):
+    args += ["--config.model.num_layers=1"]
+  if model.get("num_decoder_layers"):
+    args += ["--config.model.num_decoder_layers=1"]
+  return args
+
+
+@pytest.mark.parametrize("path", PRETRAINING, ids=lambda p: p.stem)
+def test_pretraining_config_runs_on_its_shared_data(path, scripts, tmp_path):
+  c = load(path)
+  args = [f"--config=configs/{path.name}", f"--workdir={tmp_path}", *SMALL, *shrink(c),
+          "--config.eval_batches=1", "--config.sample_tokens=0"]  # fmt: skip
+  proc = scripts.run("train.py", *args, tiny=False, devices=None, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "final step 2" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def pretrained(scripts, tmp_path_factory) -> dict:
+  """init_from path -> a 2-step pretraining run of the config that creates it."""
+  out = {}
+  for path in FINETUNING:
+    c = load(path)
+    if not c.init_from or c.init_from in out:
+      continue
+    workdir = tmp_path_factory.mktemp("pretrained")
+    command = c.init_from_command.split()
+    config = next(a for a in command if a.startswith("--config="))
+    proc = scripts.run("train.py", config, f"--workdir={workdir}", *SMALL, "--config.model.num_layers=1",
+                       "--config.eval_batches=1", "--config.sample_tokens=0", tiny=False, devices=None, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out[c.init_from] = workdir
+  return out
+
+
+@pytest.mark.parametrize("path", FINETUNING, ids=lambda p: p.stem)
+def test_finetuning_config_runs_on_its_shared_data(path, scripts, pretrained, tmp_path):
+  c = load(path)
+  args = [f"--config=configs/{path.name}", f"--workdir={tmp_path}", *SMALL,
+          "--config.num_epochs=0", "--config.max_train_examples=256", "--config.max_eval_examples=64"]  # fmt: skip
+  if c.init_from:
+    args.append(f"--config.init_from={pretrained[c.init_from]}")
+  else:
+    args += shrink(c)
+  if c.task.name in ("seq2seq", "sft"):
+    args += ["--config.task.max_new_tokens=8", "--config.task.generate_in_eval=false"]
+  if c.get("kfold"):
+    args.append("--config.kfold=0")
+  proc = scripts.run("finetune.py", *args, tiny=False, devices=None, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '"eval_num_examples": 64' in proc.stdout.strip().splitlines()[-1]
