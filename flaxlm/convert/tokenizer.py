@@ -16,10 +16,13 @@ BERT is transformers' own layout and for RoBERTa is <s> a </s> b </s> (transform
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 
 from flaxlm.convert import files, spm
 from flaxlm.errors import DataNotFoundError
+
+log = logging.getLogger("flaxlm")
 
 NAMES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
 # Each family's special tokens when the checkpoint's tokenizer files do not name them.
@@ -120,6 +123,12 @@ def from_directory(directory: str | pathlib.Path, model_type: str = "") -> HFTok
   elif (directory / "vocab.txt").exists():
     tok = _wordpiece(directory / "vocab.txt", settings, specials)
   else:
+    if (directory / "tokenizer.model").exists():  # LLaMA's SentencePiece: no T5 layout
+      log.warning(
+        "%s: tokenizer.model without tokenizer.json is not read; ship the "
+        "tokenizer.json transformers saves",
+        directory,
+      )
     return None
   return HFTokenizer(tok.to_str(), specials, model_type)
 
