@@ -69,7 +69,11 @@ def check(ft: FinetuneConfig, workdir: Workdir | None = None) -> None:
     )
   if ft.kfold == 1 or ft.kfold < 0:
     raise ConfigError(f"kfold={ft.kfold}; use 0 (off) or 2 or more folds")
-  if ft.init_from:
+  if ft.init_from.startswith("hf:"):  # a Hugging Face model folder (flaxlm.convert)
+    from flaxlm.convert import files
+
+    files.read_config(ft.init_from[len("hf:") :])
+  elif ft.init_from:
     ckpts = Workdir(ft.init_from).checkpoints
     if not ckpts.exists() or not any(ckpts.iterdir()):
       fix = f"; create it with: {hint}" if hint else "; train one with train.py first"

@@ -1,8 +1,9 @@
 """Starting a fine-tuning model from pretrained weights (`config.init_from`).
 
 A flaxlm pretraining workdir gives its newest checkpoint's model family, architecture,
-tokenizer and parameters. The parameters become the task model's 'backbone' subtree, bit for
-bit; the head starts fresh. The pretraining heads that a task does not use (BERT's MLM and
+tokenizer and parameters; 'hf:<dir>' gives the same from a Hugging Face model folder
+(`flaxlm.convert.load_hf`). The parameters become the task model's 'backbone' subtree, bit
+for bit; the head starts fresh. The pretraining heads that a task does not use (BERT's MLM and
 NSP heads, an untied LM head) are left out and listed; a backbone parameter the checkpoint
 lacks, or one of another shape, fails with the paths.
 """
@@ -31,8 +32,17 @@ class Pretrained:
 
 
 def load(init_from: str, mesh, hint: str = "") -> Pretrained:
-  """The pretrained backbone named by `init_from` (a pretraining workdir), on `mesh`."""
+  """The pretrained backbone named by `init_from` (a pretraining workdir, or 'hf:<dir>': a
+  Hugging Face model folder, imported by flaxlm.convert), on `mesh`."""
   from flaxlm import pretraining
+
+  if init_from.startswith("hf:"):
+    from flaxlm.convert import load_hf
+
+    imported = load_hf(init_from[len("hf:") :])
+    return Pretrained(
+      imported.family, imported.model_config, imported.tokenizer, imported.backbone, init_from
+    )
 
   workdir = Workdir(init_from)
   if not workdir.checkpoints.exists() or not any(workdir.checkpoints.iterdir()):

@@ -290,4 +290,8 @@ def tokenizer_from_json(d: dict):
     return CharTokenizer(d["chars"])
   if kind == "word":
     return WordTokenizer(d["words"], d["chars"], d["lowercase"], d["special_tokens"])
+  if kind == "hf":  # a Hugging Face checkpoint's tokenizer (flaxlm.convert)
+    from flaxlm.convert.tokenizer import HFTokenizer
+
+    return HFTokenizer.from_json(d)
   raise ValueError(f"saved tokenizer has unknown kind {kind!r}")
