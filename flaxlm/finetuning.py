@@ -189,11 +189,8 @@ def _model_config(ft: FinetuneConfig, base, vocab_size: int, chars: int):
   fields = dict(ft.model_overrides)
   if not fields.get("vocab_size"):
     fields["vocab_size"] = -(-vocab_size // ft.pad_vocab_to) * ft.pad_vocab_to
-  if "char_vocab_size" in {
-    f.name for f in dataclasses.fields(registry.family_of(ft.model_family).config_cls)
-  }:
-    if fields.get("char_dim") and not fields.get("char_vocab_size"):
-      fields["char_vocab_size"] = chars
+  if fields.get("char_dim") and not fields.get("char_vocab_size"):  # a char CNN (BiLSTM)
+    fields["char_vocab_size"] = chars
   return registry.model_config(ft.model_family, fields)
 
 
