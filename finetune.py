@@ -18,7 +18,7 @@ import sys
 import jax
 from absl import flags
 
-from flaxlm import cli, finetuned, finetuning
+from flaxlm import cli, cross_validation, finetuned, finetuning
 from flaxlm.config_finetune import from_config_dict
 from flaxlm.pretraining import dump_config_json
 
@@ -44,23 +44,25 @@ def column_overrides(argv: list[str]) -> dict:
   return found
 
 
+def _cross_validate(ft, workdir: str, config_json: dict) -> None:
+  summary = cross_validation.cross_validate(ft, workdir, config_json)
+  if jax.process_index() != 0 or summary.get("interrupted"):
+    return
+  for key, m in summary.items():
+    if key in ("eval_accuracy", "eval_entity_f1", "eval_f1", "eval_rougeL", "eval_pearson"):
+      print(f"{ft.kfold}-fold {key}: {m['mean']:.4f} +- {m['std']:.4f} (folds: {m['folds']})")
+  print(json.dumps(summary))
+
+
 def main(argv):
-  cli.parse_flags(argv)
-  cli.setup_logging()
-  if not _WORKDIR.value:
-    sys.exit("finetune.py: --workdir is required (checkpoints, metrics and reports go there)")
+  workdir = cli.start(argv, _WORKDIR, "finetune.py")
   if _MODE.value == "train":
-    config = cli.config_value(_CONFIG)
-    with cli.user_errors("finetune.py: bad config"):
-      ft = from_config_dict(config)
-      cli.use_cpu_devices(
-        ft.cpu_devices, (ft.batch_size // ft.step.accum_steps, ft.eval_batch_size)
-      )
+    config, ft = cli.read_config(_CONFIG, from_config_dict, "finetune.py")
     cli.init_distributed()
     with cli.user_errors("finetune.py"):
-      result = finetuning.train(
-        ft, _WORKDIR.value, dump_config_json(config), config.init_from_command
-      )
+      if ft.kfold:
+        return _cross_validate(ft, workdir, dump_config_json(config))
+      result = finetuning.train(ft, workdir, dump_config_json(config))
     if result["interrupted"]:
       print(f"stopped at step {result['step']} (interrupted; rerun the same command to resume)")
       return
@@ -74,13 +76,11 @@ def main(argv):
   columns = column_overrides(argv)
   with cli.user_errors("finetune.py"):
     if _MODE.value == "evaluate":
-      out = finetuned.evaluate(_WORKDIR.value, _EVAL_DATA.value, columns, _BATCH.value)
+      out = finetuned.evaluate(workdir, _EVAL_DATA.value, columns, _BATCH.value)
     else:
       if not _OUTPUT.value:
         sys.exit("finetune.py: --mode=predict needs --output=<file.jsonl>")
-      count = finetuned.predict(
-        _WORKDIR.value, _EVAL_DATA.value, _OUTPUT.value, columns, _BATCH.value
-      )
+      count = finetuned.predict(workdir, _EVAL_DATA.value, _OUTPUT.value, columns, _BATCH.value)
       out = {"num_examples": count, "output": _OUTPUT.value}
   if jax.process_index() == 0:
     print(json.dumps(out))

@@ -21,19 +21,11 @@ cli.define_distributed_flags()
 
 
 def main(argv):
-  cli.parse_flags(argv)
-  cli.setup_logging()
-  if not _WORKDIR.value:
-    sys.exit("train.py: --workdir is required (checkpoints, metrics and the tokenizer go there)")
-  config = cli.config_value(_CONFIG)
-  with cli.user_errors("train.py: bad config"):
-    run = from_config_dict(config)
-    cli.use_cpu_devices(
-      run.cpu_devices, (run.batch_size // run.step.accum_steps, run.eval_batch_size)
-    )
+  workdir = cli.start(argv, _WORKDIR, "train.py")
+  config, run = cli.read_config(_CONFIG, from_config_dict, "train.py")
   cli.init_distributed()
   with cli.user_errors("train.py"):
-    result = pretraining.train(run, _WORKDIR.value, pretraining.dump_config_json(config))
+    result = pretraining.train(run, workdir, pretraining.dump_config_json(config))
   if jax.process_index() == 0:
     shown = [f"{k} {result[k]:.4f}" for k in ("loss", "eval_loss", "eval_accuracy") if k in result]
     stopped = " (interrupted; rerun the same command to resume)" if result["interrupted"] else ""

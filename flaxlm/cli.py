@@ -74,6 +74,25 @@ def user_errors(program: str):
     sys.exit(f"{program}: {e}")
 
 
+def start(argv: list[str], workdir_flag, program: str) -> str:
+  """Parses the flags, sets up logging and returns --workdir (required)."""
+  parse_flags(argv)
+  setup_logging()
+  if not workdir_flag.value:
+    sys.exit(f"{program}: --workdir is required (checkpoints, metrics and reports go there)")
+  return workdir_flag.value
+
+
+def read_config(holder, convert, program: str):
+  """(ConfigDict, the typed run config `convert` makes of it); a bad key or value exits with
+  one line. Splits a CPU-only host into devices (config.cpu_devices) before JAX starts."""
+  config = config_value(holder)
+  with user_errors(f"{program}: bad config"):
+    run = convert(config)
+    use_cpu_devices(run.cpu_devices, (run.batch_size // run.step.accum_steps, run.eval_batch_size))
+  return config, run
+
+
 def setup_logging():
   logging.basicConfig(
     level=logging.INFO,

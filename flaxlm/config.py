@@ -17,7 +17,7 @@ from flaxlm import optim
 from flaxlm.data.spec import DataConfig
 from flaxlm.data.tokenizers import TokenizerConfig
 from flaxlm.errors import ConfigError
-from flaxlm.loop import LoopConfig
+from flaxlm.loop import EarlyStopping, LoopConfig
 from flaxlm.losses import LossConfig
 from flaxlm.models import registry
 from flaxlm.objectives import MaskingConfig, SpanCorruptionConfig
@@ -137,13 +137,24 @@ class RunConfig:
 
   @property
   def loop(self) -> LoopConfig:
-    return LoopConfig(
-      num_train_steps=self.num_train_steps,
-      log_every=self.log_every,
-      eval_every=self.eval_every,
-      checkpoint_every=self.checkpoint_every,
-      peak_flops=self.peak_flops,
-    )
+    return loop_config(self)
+
+
+def loop_config(run, early_stopping: EarlyStopping = EarlyStopping()) -> LoopConfig:
+  """The training loop's settings from a run config (pretraining or fine-tuning)."""
+  return LoopConfig(
+    num_train_steps=run.num_train_steps,
+    log_every=run.log_every,
+    eval_every=run.eval_every,
+    checkpoint_every=run.checkpoint_every,
+    early_stopping=early_stopping,
+    peak_flops=run.peak_flops,
+  )
+
+
+def step_config(c: ml_collections.ConfigDict) -> StepConfig:
+  loss = LossConfig(label_smoothing=c.label_smoothing, z_loss=c.z_loss)
+  return StepConfig(accum_steps=c.accum_steps, loss=loss)
 
 
 def optim_config(c: ml_collections.ConfigDict) -> optim.OptimConfig:
@@ -186,9 +197,7 @@ def from_config_dict(c: ml_collections.ConfigDict) -> RunConfig:
     ),
     tokenizer=TokenizerConfig(**c.tokenizer.to_dict()),
     optim=optim_config(c),
-    step=StepConfig(
-      accum_steps=c.accum_steps, loss=LossConfig(label_smoothing=c.label_smoothing, z_loss=c.z_loss)
-    ),
+    step=step_config(c),
     pad_vocab_to=c.pad_vocab_to,
     num_train_steps=c.num_train_steps,
     batch_size=c.batch_size,

@@ -15,11 +15,17 @@ import ml_collections
 from ml_collections import config_dict
 
 from flaxlm import optim
-from flaxlm.config import add_training_keys, check_keys, model_preset, optim_config
+from flaxlm.config import (
+  add_training_keys,
+  check_keys,
+  loop_config,
+  model_preset,
+  optim_config,
+  step_config,
+)
 from flaxlm.data.tokenizers import TokenizerConfig
 from flaxlm.errors import ConfigError
 from flaxlm.loop import EarlyStopping, LoopConfig
-from flaxlm.losses import LossConfig
 from flaxlm.models import registry
 from flaxlm.tasks import Columns, config_from_block, task_class
 from flaxlm.training import StepConfig
@@ -123,14 +129,7 @@ class FinetuneConfig:
 
   @property
   def loop(self) -> LoopConfig:
-    return LoopConfig(
-      num_train_steps=self.num_train_steps,
-      log_every=self.log_every,
-      eval_every=self.eval_every,
-      checkpoint_every=self.checkpoint_every,
-      early_stopping=self.early_stopping,
-      peak_flops=self.peak_flops,
-    )
+    return loop_config(self, self.early_stopping)
 
 
 def from_config_dict(c: ml_collections.ConfigDict) -> FinetuneConfig:
@@ -165,9 +164,7 @@ def from_config_dict(c: ml_collections.ConfigDict) -> FinetuneConfig:
     drop_duplicates=c.drop_duplicates,
     max_tokens=c.max_tokens,
     optim=optim_config(c),
-    step=StepConfig(
-      accum_steps=c.accum_steps, loss=LossConfig(label_smoothing=c.label_smoothing, z_loss=c.z_loss)
-    ),
+    step=step_config(c),
     num_train_steps=c.num_train_steps,
     num_epochs=c.num_epochs,
     batch_size=c.batch_size,

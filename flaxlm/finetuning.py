@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxlm import evaluation, loop, optim, reporting, sharding, transfer, validation
+from flaxlm import evaluation, loop, reporting, sharding, transfer, validation
 from flaxlm.checkpoint import Checkpointer
 from flaxlm.config_finetune import FinetuneConfig, from_saved
 from flaxlm.data import corpus, formats, pipeline, tokenizers
@@ -160,15 +160,14 @@ def build(task, family: str, model_config, ft: FinetuneConfig, mesh) -> Trainabl
     example = (heads.dummy_batch(dp, 8, getattr(task, "chars", 0)),)
   else:  # the backbone writes text itself (seq2seq, SFT, text-to-text labels)
     example = (jnp.zeros((dp, 8), jnp.int32),)
-  trainable = Trainable(
-    model=model,
-    optimizer=lambda boxed: optim.make_optimizer(ft.optim, boxed),
-    schedule=optim.schedule(ft.optim),
-    mesh=mesh,
-    rules=sharding.rules_from_config(ft.logical_axis_rules),
-    loss=task.loss,
-    step_config=ft.step,
-    init_params=lambda rng: model.init(rng, *example)["params"],
+  trainable = Trainable.with_adamw(
+    model,
+    ft.optim,
+    mesh,
+    sharding.rules_from_config(ft.logical_axis_rules),
+    task.loss,
+    ft.step,
+    lambda rng: model.init(rng, *example)["params"],
     frozen=(lambda path: path[0] == "backbone") if ft.freeze_backbone else None,
   )
   validation.check_divisible(trainable)

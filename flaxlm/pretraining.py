@@ -17,7 +17,7 @@ import math
 
 import jax
 
-from flaxlm import loop, objectives, optim, sharding, transfer, validation
+from flaxlm import loop, objectives, sharding, transfer, validation
 from flaxlm.checkpoint import Checkpointer
 from flaxlm.config import RunConfig, from_saved
 from flaxlm.data import corpus, pipeline, tokenizers
@@ -73,15 +73,14 @@ def build(run: RunConfig, vocab_size: int, mesh=None) -> Trainable:
   validation.check_batches(run.batch_size, run.eval_batch_size, run.step.accum_steps, mesh)
   model = registry.build_model(run.model_family, model_config)
   init_shape = (sharding.data_parallel_size(mesh), min(run.data.seq_len, 8))
-  trainable = Trainable(
-    model=model,
-    optimizer=lambda boxed: optim.make_optimizer(run.optim, boxed),
-    schedule=optim.schedule(run.optim),
-    mesh=mesh,
-    rules=sharding.rules_from_config(run.logical_axis_rules),
-    loss=objectives.LOSSES[run.objective],
-    step_config=run.step,
-    init_params=token_init(model, *init_shape),
+  trainable = Trainable.with_adamw(
+    model,
+    run.optim,
+    mesh,
+    sharding.rules_from_config(run.logical_axis_rules),
+    objectives.LOSSES[run.objective],
+    run.step,
+    token_init(model, *init_shape),
   )
   validation.check_divisible(trainable)
   return trainable

@@ -127,6 +127,22 @@ class Trainable:
       self.state_shardings,
     )
 
+  @classmethod
+  def with_adamw(cls, model, optim_config: optim.OptimConfig, mesh, rules, loss, step_config,
+                 init_params, frozen=None) -> Trainable:  # fmt: skip
+    """A Trainable with flaxlm's AdamW (weight decay by parameter role) and schedule."""
+    return cls(
+      model=model,
+      optimizer=lambda boxed: optim.make_optimizer(optim_config, boxed),
+      schedule=optim.schedule(optim_config),
+      mesh=mesh,
+      rules=rules,
+      loss=loss,
+      step_config=step_config,
+      init_params=init_params,
+      frozen=frozen,
+    )
+
   @contextlib.contextmanager
   def context(self):
     """Mesh + logical rules, active while tracing so activation constraints resolve."""
