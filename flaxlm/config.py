@@ -59,6 +59,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.target_len = 0
   c.pairs_per_example = 1
   c.pad_vocab_to = 128  # model vocab rounded up for fast, evenly sharded embeddings
+  # Processes that make training examples (masking, span corruption, packing) beside the
+  # training loop; 0 = threads of the main process (enough for the small configs here).
+  c.data_workers = 0
 
   add_training_keys(c)
   c.eval_batches = 8
@@ -134,6 +137,7 @@ class RunConfig:
   logical_axis_rules: tuple
   cpu_devices: int
   init_from: str = ""
+  data_workers: int = 0
 
   @property
   def loop(self) -> LoopConfig:
@@ -215,6 +219,7 @@ def from_config_dict(c: ml_collections.ConfigDict) -> RunConfig:
     logical_axis_rules=tuple(tuple(r) for r in c.logical_axis_rules),
     cpu_devices=c.cpu_devices,
     init_from=c.init_from,
+    data_workers=c.data_workers,
   )
 
 

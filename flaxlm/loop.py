@@ -64,6 +64,9 @@ class Job:
   tokens_per_step: int = 0
   examples_per_step: int = 0
   flops_per_token: float = 0.0
+  # > 0: dataset items are this host's rows of a global batch of that size (else whole ones)
+  global_batch: int = 0
+  data_workers: int = 0  # processes making examples (pipeline.iterate)
 
 
 @dataclasses.dataclass
@@ -172,12 +175,21 @@ def run(
   else:
     start, state, meta = 0, job.initial_state(), {}
   best = BestTracker(config.early_stopping, meta.get("best"))
+  if restored and best.exhausted:  # the run had stopped early: it is complete
+    log.info("step %d: this run stopped early (no improvement in %s); nothing to do", start,
+             config.early_stopping.metric)  # fmt: skip
+    return Result(start, state, {}, False, True, best.to_json())
   best_ckpt = None
   if config.early_stopping.metric:
     best_ckpt = Checkpointer(workdir.best, keep=1, save_every=1)
 
-  data_iter = iter(job.dataset.to_iter_dataset())
-  data_iter.set_state(meta.get("data_iterator", {"next_index": start}))
+  from flaxlm.data import pipeline  # Grain loads with the first run, not with the config
+
+  data_iter = pipeline.iterate(job.dataset, job.data_workers)
+  if "data_iterator" in meta:
+    data_iter.set_state(meta["data_iterator"])
+  elif start:
+    data_iter.set_state({"next_index": start})
   batch_sharding = sharding.batch_sharding(trainable.mesh)
   throughput = reporting.Throughput(
     job.tokens_per_step,
@@ -201,7 +213,11 @@ def run(
   started = time.time()  # wall clock of this process's loop: compile and evals included
   try:
     while step < config.num_train_steps:
-      batch = sharding.to_global(next(data_iter), batch_sharding)
+      batch = next(data_iter)
+      if job.global_batch:
+        batch = sharding.local_to_global(batch, batch_sharding, job.global_batch)
+      else:
+        batch = sharding.to_global(batch, batch_sharding)
       state, step_metrics = trainable.train_step(state, batch)
       step += 1
       pending.append(step_metrics)

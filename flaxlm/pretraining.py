@@ -300,7 +300,15 @@ def train(run: RunConfig, workdir: str | Workdir, config_json: dict | None = Non
       )
     job = loop.Job(
       trainable=trainable,
-      dataset=pipeline.train_dataset(data.train, run.data, run.batch_size, objective),
+      dataset=pipeline.train_dataset(
+        data.train,
+        run.data,
+        run.batch_size,
+        objective,
+        rows=sharding.host_rows(trainable.mesh, run.batch_size),
+      ),  # fmt: skip
+      global_batch=run.batch_size,
+      data_workers=run.data_workers,
       evaluate=evaluator(trainable, eval_set),
       meta=lambda: {
         "kind": "pretraining",

@@ -117,6 +117,21 @@ def process_rows(sharding: jax.sharding.Sharding, global_shape: tuple[int, ...])
   return np.array(sorted(rows))
 
 
+def host_rows(mesh: Mesh, global_batch: int) -> np.ndarray:
+  """The rows of a global batch that this process's devices hold."""
+  return process_rows(batch_sharding(mesh), (global_batch,))
+
+
+def local_to_global(batch: dict[str, np.ndarray], sharding, global_batch: int) -> dict:
+  """This host's rows (`host_rows`) of a global batch -> the global jax.Arrays."""
+  return {
+    key: jax.make_array_from_process_local_data(
+      sharding, np.asarray(value), (global_batch, *np.shape(value)[1:])
+    )
+    for key, value in batch.items()
+  }
+
+
 def to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
   """A global numpy batch -> jax.Arrays laid out by `sharding` (leading axis split over the
   data-parallel devices; any rank), each host sending only its rows."""

@@ -369,3 +369,30 @@ def test_finetuning_mistakes_fail_with_one_line(name, tmp_path):
 def test_catalogue_covers_forty_kinds():
   kinds = len(CONFIG_CASES) + len(DATA_CASES) + len(RESUME_CASES) + len(FINETUNE_CASES) + 8
   assert kinds >= 40, kinds
+
+
+def test_init_from_continues_pretraining_from_a_checkpoint(trained, tmp_path, monkeypatch):
+  """--config.init_from=<workdir> starts from that run's parameters and tokenizer (its
+  architecture wins over the config's model block, whose runtime keys still apply)."""
+  import jax
+  import numpy as np
+
+  source, tfds = trained
+  _, want, tokenizer = pretraining.load_trained(source)
+  seen = {}
+  real = pretraining.Trainable.init_state
+
+  def spy(self, seed, overrides=None):
+    state = real(self, seed, overrides)
+    seen["params"] = jax.device_get(state.params)
+    return state
+
+  monkeypatch.setattr(pretraining.Trainable, "init_state", spy)
+  other_model = {**MODEL, "num_layers": 3, "dropout_rate": 0.0}  # ignored but for dropout
+  run = run_config(
+    {"init_from": str(source), "model": other_model, "data_dir": tfds, "num_train_steps": 1}
+  )
+  result = pretraining.train(run, tmp_path / "continued")
+  assert result["trainable"].model.config.num_layers == MODEL["num_layers"]
+  assert result["tokenizer"].to_json() == tokenizer.to_json()
+  jax.tree.map(np.testing.assert_array_equal, seen["params"], jax.device_get(want))

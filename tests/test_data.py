@@ -226,9 +226,8 @@ def test_load_corpus_caches_and_reuses_tokenizer(tmp_path, monkeypatch):
   tok_config = TokenizerConfig(kind="sentencepiece", vocab_size=380)
   cache = tmp_path / "workdir" / "data"
   first = corpus.load_corpus(config, tok_config, str(cache))
-  assert {"train.npy", "validation.npy", "tokenizer.json", "corpus.json"} <= {
-    p.name for p in cache.iterdir()
-  }
+  assert {"train", "tokenizer.json", "corpus.json"} <= {p.name for p in cache.iterdir()}
+  assert (cache / "train" / "index.json").exists()  # token shards, memory-mapped when read
   assert json.loads((cache / "tokenizer.json").read_text()) == first.tokenizer.to_json()
 
   opened = []

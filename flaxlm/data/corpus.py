@@ -1,22 +1,28 @@
 """A pretraining corpus: the source tokenized once into a token stream (or sentence pairs),
-cached in `<workdir>/data/`, and the random-access records objectives cut from it.
+cached in `<workdir>/data/` (or a shared `corpus_cache`), and the random-access records
+objectives cut from it.
 
 Tokens of the whole source are concatenated (documents separated by EOS when the tokenizer
-has one) and cached as .npy / .npz (no pickle). The cache is keyed by everything that
-shapes the tokens: the dataset strings, a fingerprint of every input file (path, size,
-modification time), the TFDS cache, the text fields, the validation split and the
-tokenizer config; anything else is rebuilt rather than silently reused.
+has one) into memory-mapped shards (`flaxlm.data.shards`: written by parallel worker
+processes, read lazily, so neither preparing nor training holds the corpus in RAM); sentence
+pairs into an .npz (no pickle anywhere). The cache is keyed by everything that shapes the
+tokens: the dataset strings, a fingerprint of every input file (path, size, modification
+time), the TFDS cache, the text fields, the validation split and the tokenizer config;
+anything else is rebuilt rather than silently reused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import shutil
 
 import jax
 import numpy as np
 
-from flaxlm.data import spec, tokenizers
+from flaxlm.data import shards, spec, tokenizers
+from flaxlm.data.shards import TokenShards
 from flaxlm.data.spec import DataConfig
 from flaxlm.errors import DataError
 from flaxlm.workdir import as_path
@@ -94,17 +100,8 @@ class WithPartner:
 @dataclasses.dataclass
 class TokenizedCorpus:
   tokenizer: object
-  train: np.ndarray | Pairs  # int32 (num_tokens,) token stream, or pairs for parallel text
-  validation: np.ndarray | Pairs
-
-
-def _encode_stream(tokenizer, documents: list[str]) -> np.ndarray:
-  ids: list[int] = []
-  for doc in documents:
-    ids.extend(tokenizer.encode(doc))
-    if tokenizer.eos_id is not None:
-      ids.append(tokenizer.eos_id)
-  return np.asarray(ids, dtype=np.int32)
+  train: TokenShards | Pairs  # the training token stream, or pairs for parallel text
+  validation: TokenShards | Pairs
 
 
 def cache_stamp(config: DataConfig, tok_config: tokenizers.TokenizerConfig) -> dict:
@@ -124,44 +121,66 @@ def cache_stamp(config: DataConfig, tok_config: tokenizers.TokenizerConfig) -> d
 def load_corpus(
   config: DataConfig, tok_config: tokenizers.TokenizerConfig, cache_dir, tokenizer=None
 ) -> TokenizedCorpus:
-  """Tokenized train/validation streams, built once and cached under `cache_dir`.
+  """Tokenized train/validation splits, built once and cached under `cache_dir`.
 
   `tokenizer` (e.g. restored from a checkpoint) wins over training a new one; a cache made
-  from other inputs or another tokenizer is rebuilt rather than silently reused.
-  """
+  from other inputs or another tokenizer is rebuilt rather than silently reused. Process 0
+  prepares; the others wait for it and read its files, or prepare their own when the cache
+  folder is not shared."""
   cache_dir = as_path(cache_dir)
   cache_dir.mkdir(parents=True, exist_ok=True)
   stamp = json.loads(json.dumps(cache_stamp(config, tok_config)))  # lists, as read back
-  stamp_path, tok_path = cache_dir / "corpus.json", cache_dir / "tokenizer.json"
-  splits = ("train", "validation")
-  # A token stream is stored as .npy, parallel text as Pairs' .npz.
-  kinds = {
-    "stream": ({s: cache_dir / f"{s}.npy" for s in splits}, _load_npy),
-    "pairs": ({s: cache_dir / f"{s}_pairs.npz" for s in splits}, Pairs.load),
-  }
-  cached = stamp_path.exists() and tok_path.exists()
-  if cached and _read_json(stamp_path) == stamp:
-    saved = tokenizers.tokenizer_from_json(_read_json(tok_path))
-    if tokenizer is None or tokenizer.to_json() == saved.to_json():
-      for paths, load in kinds.values():
-        if all(p.exists() for p in paths.values()):
-          return TokenizedCorpus(saved, load(paths["train"]), load(paths["validation"]))
+  cached = _cached(cache_dir, stamp, tokenizer)
+  if cached is None and jax.process_count() > 1:
+    from jax.experimental import multihost_utils
 
+    if jax.process_index() == 0:
+      cached = _prepare(config, tok_config, cache_dir, stamp, tokenizer)
+    multihost_utils.sync_global_devices("flaxlm corpus prepared")
+    cached = cached or _cached(cache_dir, stamp, tokenizer)
+  return cached or _prepare(config, tok_config, cache_dir, stamp, tokenizer)
+
+
+def _cached(cache_dir, stamp: dict, tokenizer) -> TokenizedCorpus | None:
+  stamp_path, tok_path = cache_dir / "corpus.json", cache_dir / "tokenizer.json"
+  if not (stamp_path.exists() and tok_path.exists()):
+    return None
+  saved = _read_json(stamp_path)
+  if saved.get("stamp") != stamp:
+    return None
+  cached_tokenizer = tokenizers.tokenizer_from_json(_read_json(tok_path))
+  if tokenizer is not None and tokenizer.to_json() != cached_tokenizer.to_json():
+    return None
+  if saved["kind"] == "pairs":
+    train, validation = (Pairs.load(cache_dir / f"{s}_pairs.npz") for s in ("train", "validation"))
+  else:
+    stream = TokenShards.open(cache_dir / "train")
+    if saved.get("cut") is not None:  # the validation split is the stream's tail
+      train, validation = stream.view(0, saved["cut"]), stream.view(saved["cut"], len(stream))
+    else:
+      train, validation = stream, TokenShards.open(cache_dir / "validation")
+  return TokenizedCorpus(cached_tokenizer, train, validation)
+
+
+def _prepare(config, tok_config, cache_dir, stamp: dict, tokenizer) -> TokenizedCorpus:
   from flaxlm.data import sources  # TFDS loads only when a corpus is built
 
+  for stale in ("train", "validation"):  # a previous corpus with another stamp
+    if (cache_dir / stale).exists():
+      shutil.rmtree(cache_dir / stale)
   source = sources.open_source(config.dataset, spec.tfds_dir(config), config.text_feature)
-  build = _tokenize_pairs if source.is_pairs else _tokenize_stream
-  tokenizer, train, validation = build(config, tok_config, source, tokenizer)
-  if jax.process_index() == 0:  # every host computes the same; one writes
-    paths = kinds["pairs" if source.is_pairs else "stream"][0]
+  if source.is_pairs:
+    tokenizer, train, validation = _tokenize_pairs(config, tok_config, source, tokenizer)
     for split, data in (("train", train), ("validation", validation)):
-      if isinstance(data, Pairs):
-        data.save(paths[split])
-      else:
-        with paths[split].open("wb") as f:
-          np.save(f, data)
-    _write_json(tok_path, tokenizer.to_json())
-    _write_json(stamp_path, stamp)
+      data.save(cache_dir / f"{split}_pairs.npz")
+    saved = {"stamp": stamp, "kind": "pairs"}
+  else:
+    tokenizer, train, validation, cut = _tokenize_stream(
+      config, tok_config, source, tokenizer, cache_dir
+    )
+    saved = {"stamp": stamp, "kind": "stream", "cut": cut}
+  _write_json(cache_dir / "tokenizer.json", tokenizer.to_json())
+  _write_json(cache_dir / "corpus.json", saved)
   return TokenizedCorpus(tokenizer, train, validation)
 
 
@@ -180,11 +199,6 @@ def same_on_every_host(tokenizer):
   return tokenizers.tokenizer_from_json(json.loads(blob.tobytes().decode()))
 
 
-def _load_npy(path) -> np.ndarray:
-  with as_path(path).open("rb") as f:
-    return np.load(f, allow_pickle=False)
-
-
 def _eval_source(config: DataConfig):
   """The `eval_dataset` source and the split to validate on (its validation split, if any)."""
   from flaxlm.data import sources
@@ -193,33 +207,33 @@ def _eval_source(config: DataConfig):
   return source, "validation" if "validation" in source.splits else "train"
 
 
-def _check_not_empty(documents: list[str], what: str):
-  if not any(d.strip() for d in documents):
-    raise DataError(f"{what} holds no text; point --config.dataset at files with content")
-
-
-def _tokenize_stream(config, tok_config, source, tokenizer):
-  """(tokenizer, train, validation) token streams of plain text."""
-  train_docs = source.documents("train")
-  _check_not_empty(train_docs, f"config.dataset={config.dataset!r}")
-  val_docs = source.documents("validation") if "validation" in source.splits else None
+def _tokenize_stream(config, tok_config, source, tokenizer, cache_dir):
+  """(tokenizer, train, validation, cut) token streams of plain text, written as shards;
+  `cut` is where validation starts when it is the training stream's tail (else None)."""
+  has_validation = "validation" in source.splits or bool(config.eval_dataset)
+  if not any(d.strip() for d in source.iter_documents("train")):  # stops at the first text
+    raise DataError(
+      f"config.dataset={config.dataset!r} holds no text; point it at files with content"
+    )
   if config.eval_dataset:  # e.g. held-out text from another corpus, never trained on
     eval_source, split = _eval_source(config)
-    val_docs = eval_source.documents(split)
-    _check_not_empty(val_docs, f"config.eval_dataset={config.eval_dataset!r}")
+    val_docs = lambda: eval_source.iter_documents(split)
+  elif has_validation:
+    val_docs = lambda: source.iter_documents("validation")
   if tokenizer is None:
-    tokenizer = same_on_every_host(
-      tokenizers.train_tokenizer(
-        tok_config, train_docs + (val_docs or []) if tok_config.kind == "char" else train_docs
-      )
-    )
-  train = _encode_stream(tokenizer, train_docs)
-  if val_docs is not None:
-    validation = _encode_stream(tokenizer, val_docs)
-  else:  # hold out the tail, as nanoGPT does (first 90% train, last 10% validation)
-    cut = int(len(train) * (1.0 - config.val_fraction))
-    train, validation = train[:cut], train[cut:]
-  return tokenizer, train, validation
+    docs = source.iter_documents("train")
+    if tok_config.kind == "char" and has_validation:  # every character needs an id
+      docs = itertools.chain(docs, val_docs())
+    tokenizer = same_on_every_host(tokenizers.train_tokenizer(tok_config, docs))
+  train = shards.write(source.iter_documents("train"), tokenizer, cache_dir / "train")
+  if has_validation:
+    if not any(d.strip() for d in val_docs()):
+      raise DataError(f"config.eval_dataset={config.eval_dataset!r} holds no text")
+    validation = shards.write(val_docs(), tokenizer, cache_dir / "validation")
+    return tokenizer, train, validation, None
+  # No validation split: hold out the tail, as nanoGPT does (first 90% train, last 10%).
+  cut = int(len(train) * (1.0 - config.val_fraction))
+  return tokenizer, train.view(0, cut), train.view(cut, len(train)), cut
 
 
 def _tokenize_pairs(config, tok_config, source, tokenizer):

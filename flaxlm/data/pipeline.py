@@ -29,16 +29,46 @@ def batches(
   seed: int,
   group: int = 1,
   collate: Callable | None = None,
+  rows: np.ndarray | None = None,
 ) -> grain.MapDataset:
-  """Infinite, per-epoch reshuffled batches; dataset[s] is the global batch of step s.
+  """Infinite, per-epoch reshuffled batches; dataset[s] is the global batch of step s, or
+  with `rows` only those rows of it (this host's: see `sharding.process_rows`), so a host
+  never makes the examples other hosts train on.
 
   `group` > 1 makes each example from that many consecutive (shuffled) records (pairs packed
   per row); `collate` (list of examples -> batch) replaces stacking, e.g. to pad."""
   ds = grain.MapDataset.source(records).shuffle(seed=seed).repeat()
   if group > 1:
     ds = ds.batch(group, batch_fn=list)
-  ds = ds.random_map(example, seed=seed)
-  return ds.batch(global_batch, drop_remainder=True, batch_fn=collate)
+  ds = ds.random_map(example, seed=seed)  # example i's randomness: (seed, i), on any host
+  if rows is None:
+    return ds.batch(global_batch, drop_remainder=True, batch_fn=collate)
+  return grain.MapDataset.source(HostRows(ds, global_batch, rows, collate))
+
+
+class HostRows:
+  """Item s: rows `rows` of global batch s (examples s * B + r), stacked or collated."""
+
+  def __init__(self, examples, global_batch: int, rows: np.ndarray, collate: Callable | None):
+    self.examples, self.global_batch, self.rows = examples, global_batch, list(map(int, rows))
+    self.collate = collate or (lambda xs: {k: np.stack([x[k] for x in xs]) for k in xs[0]})
+
+  def __len__(self) -> int:
+    return len(self.examples) // self.global_batch
+
+  def __getitem__(self, step: int) -> dict:
+    first = int(step) * self.global_batch
+    return self.collate([self.examples[first + r] for r in self.rows])
+
+
+def iterate(dataset: grain.MapDataset, workers: int = 0):
+  """An iterator over `dataset` that checkpoints its position (get_state / set_state), with
+  a short read-ahead (host memory stays a few batches) and, with `workers` > 0, the examples
+  made in that many worker processes (masking, span corruption, packing off the main one)."""
+  ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
+  if workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
+  return iter(ds)
 
 
 def fixed_batches(
@@ -59,11 +89,14 @@ def fixed_batches(
   return ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=collate)
 
 
-def train_dataset(data, config: DataConfig, global_batch: int, objective: Objective | None = None):
-  """Pretraining batches of `objective` (default: causal LM) over a tokenized split."""
+def train_dataset(
+  data, config: DataConfig, global_batch: int, objective: Objective | None = None, rows=None
+):
+  """Pretraining batches of `objective` (default: causal LM) over a tokenized split (this
+  host's `rows` of each, when given)."""
   objective = objective or causal_lm_objective()
   records = objective.records(data, config, config.window_stride)
-  return batches(records, objective.example, global_batch, config.seed, objective.group)
+  return batches(records, objective.example, global_batch, config.seed, objective.group, rows=rows)
 
 
 def eval_batches(

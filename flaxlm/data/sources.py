@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -64,20 +65,32 @@ class TextSource:
   def is_pairs(self) -> bool:
     return "," in self.text_feature
 
+  def _order(self, split: str) -> np.ndarray:
+    """Record positions in document order (ArrayRecord shuffles local sources at write time;
+    their `index` field restores the order; catalog datasets keep theirs)."""
+    src = self.splits[split]
+    if not len(src) or "index" not in src[0]:
+      return np.arange(len(src))
+    index = np.fromiter((int(src[i]["index"]) for i in range(len(src))), np.int64, len(src))
+    return np.argsort(index, kind="stable")
+
   def _records(self, split: str) -> list[dict]:
     src = self.splits[split]
-    records = [src[i] for i in range(len(src))]
-    if records and "index" in records[0]:
-      records.sort(key=lambda r: int(r["index"]))
-    return records
+    return [src[int(i)] for i in self._order(split)]
 
-  def documents(self, split: str) -> list[str]:
+  def iter_documents(self, split: str) -> Iterator[str]:
+    """The documents of a split in order, read one at a time (a corpus need not fit in RAM)."""
     if self.is_pairs:
       raise ConfigError(
         f"dataset {self.spec!r} holds source/target pairs; it trains the encoder-decoder "
         "objective 'seq2seq' (--config.objective=seq2seq --config.model_family=encdec)"
       )
-    return [_as_str(r[self.text_feature]) for r in self._records(split)]
+    src = self.splits[split]
+    for i in self._order(split):
+      yield _as_str(src[int(i)][self.text_feature])
+
+  def documents(self, split: str) -> list[str]:
+    return list(self.iter_documents(split))
 
   def pairs(self, split: str) -> list[tuple[str, str]]:
     if not self.is_pairs:
