@@ -152,10 +152,15 @@ class Masking:
   ) -> Masking:
     """`dense=False` leaves the mask array to be built only by a call that falls back to
     a reference path (a model knows its kernel: see `needs_dense`)."""
-    if lengths is not None and q_positions is not None:
+    if lengths is not None and kv_lengths is None:
+      kv_lengths = lengths  # self-attention
+    if (lengths is not None and q_positions is None) or (
+      kv_lengths is not None and kv_positions is None
+    ):
+      raise ValueError("Masking.build: lengths need the positions that give the row length")
+    if lengths is not None:
       q_segment_ids = segments_from_lengths(lengths, q_positions.shape[1])
-      kv_lengths = lengths if kv_lengths is None else kv_lengths
-    if kv_lengths is not None and kv_positions is not None:
+    if kv_lengths is not None:
       kv_segment_ids = segments_from_lengths(kv_lengths, kv_positions.shape[1])
     m = cls(
       q_segment_ids, kv_segment_ids, q_positions, kv_positions, lengths, kv_lengths, None, causal

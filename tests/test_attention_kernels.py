@@ -172,8 +172,10 @@ def test_structural_call_equals_reference(kind, lengths):
   t = 128
   q, k, v = qkv(t, t, 2)
   masking = masking_for(kind, t, causal=True, lengths=lengths)
-  if lengths:
-    assert masking.q_lengths is not None and masking.q_segment_ids is not None
+  if lengths:  # the same mask as the segment ids it stands for
+    assert masking.q_lengths is not None
+    by_segments = masking_for(kind, t, causal=True).dense_mask()
+    np.testing.assert_array_equal(masking.dense_mask(), by_segments)
   live = jnp.asarray(segments(kind, t) > 0, jnp.float32)
   structural = lambda q, k, v: attention.structural_dot_product_attention(
     q, k, v, masking, None, implementation=None
