@@ -1,8 +1,11 @@
 """Generate from a trained workdir's newest checkpoint (KV-cache decoding).
 
-Decoder-only models (GPT) continue a prompt:
+Decoder-only models (GPT) continue prompts, decoded as one batch (prompts of different
+lengths are padded; the loop stops when every row has ended):
   python generate.py --workdir=/tmp/flaxlm_tiny --prompt="The " --max_new_tokens=200 \
       [--temperature=0.8] [--top_k=40] [--top_p=0.95] [--greedy] [--num_samples=2] [--seed=0]
+  python generate.py --workdir=/tmp/flaxlm_tiny --prompt="The " --prompt="In " [--bf16]
+  python generate.py --workdir=/tmp/flaxlm_tiny --prompt_file=prompts.txt  # one per line
 
 A fine-tuned seq2seq or SFT workdir (finetune.py) generates the same way. Encoder-decoder
 models (T5, Transformer) map each source line to a target line, with beam
@@ -23,10 +26,14 @@ from flaxlm import cli, finetuned, seq2seq_decoding
 from flaxlm.errors import DataError
 from flaxlm.models import registry
 from flaxlm.pretraining import load_trained
-from flaxlm.sampling import SamplingConfig, sample_text
+from flaxlm.sampling import SamplingConfig, sample_texts
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a train.py workdir holding checkpoints/.")
-_PROMPT = flags.DEFINE_string("prompt", "", "text to continue, or (encoder-decoder) to map.")
+_PROMPT = flags.DEFINE_multi_string(
+  "prompt", [""], "text to continue, or (encoder-decoder) to map; repeat it for several."
+)
+_PROMPT_FILE = flags.DEFINE_string("prompt_file", "", "decoders: one prompt per line.")
+_BF16 = flags.DEFINE_bool("bf16", False, "decoders: bfloat16 weights, compute and KV cache.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 200, "tokens to generate at most.")
 _TEMPERATURE = flags.DEFINE_float(
   "temperature", 0.8, "softmax temperature (ignored with --greedy)."
@@ -64,7 +71,7 @@ def _sampling() -> SamplingConfig:
 
 
 def _translate(trainable, params, tokenizer):
-  sources = _read_lines(_INPUT_FILE.value) if _INPUT_FILE.value else [_PROMPT.value]
+  sources = _read_lines(_INPUT_FILE.value) if _INPUT_FILE.value else _PROMPT.value
   # Target positions stop at the model's max_len; beam search stops early at EOS anyway.
   max_len = min(_MAX_NEW.value, trainable.model.config.max_len)
   config = seq2seq_decoding.DecodeConfig(
@@ -91,17 +98,21 @@ def _translate(trainable, params, tokenizer):
 
 
 def _continue(trainable, params, tokenizer):
-  texts = sample_text(
+  prompts = _read_lines(_PROMPT_FILE.value) if _PROMPT_FILE.value else _PROMPT.value
+  texts = sample_texts(
     trainable,
     params,
     tokenizer,
-    _PROMPT.value,
+    prompts,
     _sampling(),
     seed=_SEED.value,
     num_samples=_NUM_SAMPLES.value,
+    bf16=_BF16.value,
   )
-  for i, text in enumerate([texts] if isinstance(texts, str) else texts):
-    print(f"--- sample {i} ---\n{_PROMPT.value}{text}")
+  for j, (prompt, samples) in enumerate(zip(prompts, texts, strict=True)):
+    for i, text in enumerate(samples):
+      which = f"sample {i}" if len(prompts) == 1 else f"prompt {j}, sample {i}"
+      print(f"--- {which} ---\n{prompt}{text}")
 
 
 def _refuse(trainable, params, tokenizer):

@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch_gpt  # noqa: E402
 
-from flaxlm import cli, layers, objectives, optim, sharding, training  # noqa: E402
+from flaxlm import attention, cli, objectives, optim, sharding, training  # noqa: E402
 from flaxlm.models import gpt  # noqa: E402
 
 # name: (model dims, batch, seq, default steps per block, default rounds, cpu_devices)
@@ -205,7 +205,7 @@ def main():
         "rounds": rounds,
         "threads": CORES,
         "flaxlm_cpu_devices": devices,
-        "flaxlm_attention": layers.resolve_attention_impl(sides["flaxlm"].config.attention_impl),
+        "flaxlm_attention": attention.resolve(sides["flaxlm"].config.attention_impl),
         "flaxlm_tokens_per_sec": round(tps["flaxlm"], 1),
         "torch_tokens_per_sec": round(tps["torch"], 1),
         "ratio": round(tps["flaxlm"] / tps["torch"], 3),

@@ -1,7 +1,10 @@
 """Transformer building blocks shared by every model family.
 
-Owns attention (causal, bidirectional, cross; grouped-query; padding and packed-segment
-masks; KV cache), position encodings (learned, sinusoidal, RoPE), norms and MLPs.
+Owns the attention layer (causal, bidirectional, cross; grouped-query; KV cache; the kernels
+and masks it runs live in `flaxlm.attention`), position encodings (learned, sinusoidal,
+RoPE), norms and MLPs. Matmul outputs carry `checkpoint_name` tags (query_proj, key_proj,
+value_proj, context, out_proj, mlpwi, mlpwi_up, mlpwo) that named remat policies keep or
+recompute (`flaxlm.models.transformer.REMAT_POLICIES`).
 Every parameter carries logical axis names; `flaxlm.sharding` maps them to mesh axes.
 
 Shape letters used throughout:
@@ -20,6 +23,12 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from flaxlm import attention
+
+# Re-exported: the kernels and masks moved to flaxlm.attention.
+from flaxlm.attention import attention_mask, einsum_attention  # noqa: F401
 
 Array = jax.Array
 
@@ -44,7 +53,7 @@ class AttentionConfig:
   use_bias: bool = True
   position: str = "learned"  # rope is applied inside attention; the rest outside
   rope_theta: float = 10_000.0
-  attention_impl: str = "auto"  # see ATTENTION_IMPLS
+  attention_impl: str = "auto"  # see flaxlm.attention.IMPLS
   dtype: jnp.dtype = jnp.float32
   init_std: float = 0.02
   out_init_std: float = 0.02  # GPT-2 scales residual projections by 1/sqrt(2 * layers)
@@ -89,32 +98,6 @@ class LearnedPositions(nn.Module):
     return jnp.take(table, positions, axis=0)
 
 
-# ----------------------------------------------------------------------------- masks
-
-
-def attention_mask(
-  q_segment_ids: Array | None,
-  kv_segment_ids: Array | None,
-  causal: bool,
-  q_positions: Array | None = None,
-  kv_positions: Array | None = None,
-) -> Array | None:
-  """Boolean (B, 1, T, S) mask, True where a query may attend; None when nothing is masked.
-
-  Segment ids: 0 marks padding, equal non-zero ids mark tokens of one packed sequence.
-  Causality compares positions, so it also holds inside packed segments and a KV cache.
-  """
-  mask = None
-  if q_segment_ids is not None and kv_segment_ids is not None:
-    same = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
-    mask = same & (kv_segment_ids[:, None, :] != 0)
-  if causal:
-    assert q_positions is not None and kv_positions is not None
-    c = q_positions[:, :, None] >= kv_positions[:, None, :]
-    mask = c if mask is None else mask & c
-  return None if mask is None else mask[:, None, :, :]
-
-
 # ----------------------------------------------------------------------------- projections
 
 
@@ -149,54 +132,21 @@ class Einsum(nn.Module):
 # ----------------------------------------------------------------------------- attention
 
 
-def einsum_attention(
-  q: Array,  # (B, T, N, H)
-  k: Array,  # (B, S, K, H)
-  v: Array,  # (B, S, K, H)
-  mask: Array | None,  # (B, 1, T, S) bool
-  bias: Array | None,  # (B or 1, N, T, S)
-) -> Array:
-  """softmax(q k^T / sqrt(H) + bias) v, normalized after the value product: (B, T, N, H).
-
-  Same result as `jax.nn.dot_product_attention`, but the softmax denominator divides the
-  (B, T, N, H) output instead of the (B, N, T, S) probabilities, which spares a full pass
-  over the scores and the matching reduction in the backward pass (~10% of a small model's
-  train step on CPU). Query groups of K kv heads share them (grouped-query attention).
-  """
-  b, t, n, h = q.shape
-  kv_heads = k.shape[2]
-  q = q.reshape(b, t, kv_heads, n // kv_heads, h) * jnp.asarray(h**-0.5, q.dtype)
-  scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k).astype(jnp.float32)
-  if bias is not None:
-    scores = scores + bias.reshape(bias.shape[0], kv_heads, n // kv_heads, *bias.shape[2:])
-  if mask is not None:
-    scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
-  # Subtracting the row max keeps exp() in range; it cancels in the ratio, so no gradient.
-  scores = scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True))
-  weights = jnp.exp(scores)  # unnormalized
-  out = jnp.einsum("BKGTS,BSKH->BTKGH", weights.astype(v.dtype), v)
-  denom = jnp.einsum("BKGTS->BTKG", weights)[..., None]
-  return (out / denom.astype(out.dtype)).reshape(b, t, n, h)
-
-
-# 'xla' and 'cudnn' are jax.nn.dot_product_attention's; 'einsum' is `einsum_attention`;
-# 'auto' is 'einsum' on CPU (measured faster there) and 'xla' on GPU/TPU.
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum")
-
-
-def resolve_attention_impl(impl: str) -> str:
-  if impl == "auto":
-    return "einsum" if jax.default_backend() == "cpu" else "xla"
-  return impl
+# Logical names of the KV cache, so that it shards like the activations it holds.
+CACHE_AXES = ("cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim")
 
 
 class Attention(nn.Module):
-  """Multi-head / grouped-query attention over `jax.nn.dot_product_attention` (on GPU/TPU) or
-  `einsum_attention` (on CPU), as `config.attention_impl` selects.
+  """Multi-head / grouped-query attention; `config.attention_impl` picks the kernel (see
+  `flaxlm.attention`: einsum on CPU, splash on TPU, cuDNN on GPU).
 
-  Self-attention when `kv` is None, cross-attention otherwise. With `decode=True` keys and
-  values go to a cache in the 'cache' collection: the first call (at `init`) sizes it from
-  the input length, later calls write at `cache_index` and attend to everything written.
+  Self-attention when `kv` is None, cross-attention otherwise. `mask` is an
+  `attention.Masking` (structure: what fused kernels take) or a dense (B, 1, T, S) array.
+  With `decode=True` keys and values go to a cache in the 'cache' collection: the first
+  call (at `init`) sizes it from the input length, later calls write at `cache_index`;
+  each slot keeps its token's position + 1 (0: empty or padding, so a zero-filled cache is
+  empty), and a query sees the filled slots whose position is at most its own: rows of one
+  batch may sit at different positions (prompts of different lengths, padded).
   Cross-attention caches the projected source keys/values on the first decode call.
   """
 
@@ -206,7 +156,7 @@ class Attention(nn.Module):
   def _project(self, x: Array, heads: int, name: str) -> Array:
     c = self.config
     head_axis = "heads" if name == "query" else "kv_heads"
-    return Einsum(
+    y = Einsum(
       "BTD,DNH->BTNH",
       (c.embed_dim, heads, c.head_dim),
       ("embed", head_axis, "head_dim"),
@@ -215,13 +165,14 @@ class Attention(nn.Module):
       dtype=c.dtype,
       name=name,
     )(x)
+    return checkpoint_name(y, f"{name}_proj")  # remat policies keep or drop it by name
 
   @nn.compact
   def __call__(
     self,
     x: Array,  # (B, T, D)
-    mask: Array | None,  # (B, 1, T, S) bool, or None
-    positions: Array | None = None,  # (B, T), for RoPE
+    mask: attention.Masking | Array | None,
+    positions: Array | None = None,  # (B, T), for RoPE and the KV cache
     kv: Array | None = None,  # (B, S, D) for cross-attention
     bias: Array | None = None,  # (B or 1, N, T, S) additive, e.g. T5 relative positions
   ) -> Array:
@@ -243,14 +194,11 @@ class Attention(nn.Module):
       k = apply_rope(k, positions, c.rope_theta)
     q = nn.with_logical_constraint(q, ACT_BTNH)
     if self.decode and not cross:
-      k, v, mask = self._update_cache(k, v, mask)
-    impl = resolve_attention_impl(c.attention_impl)
-    if impl == "einsum":
-      out = einsum_attention(q, k, v, mask, bias)  # (B, T, N, H)
-    else:
-      out = jax.nn.dot_product_attention(
-        q, k, v, bias=bias, mask=mask, implementation=None if impl == "xla" else impl
-      )
+      k, v, mask = self._update_cache(k, v, mask, positions)
+    # `init` (often on a few tokens) only shapes the parameters: any kernel does.
+    impl = "auto" if self.is_initializing() else c.attention_impl
+    out = attention.attend(q, k, v, mask, bias, impl, decode=self.decode)
+    out = checkpoint_name(out, "context")  # (B, T, N, H)
     out = Einsum(
       "BTNH,NHD->BTD",
       (c.num_heads, c.head_dim, c.embed_dim),
@@ -260,27 +208,41 @@ class Attention(nn.Module):
       dtype=c.dtype,
       name="out",
     )(out)
+    out = checkpoint_name(out, "out_proj")
     return nn.with_logical_constraint(out, ACT_BTD)
 
-  def _update_cache(self, k: Array, v: Array, mask: Array | None):
-    """Writes k, v (B, T, K, H) at cache_index; returns the full cache and its mask."""
+  def _update_cache(self, k: Array, v: Array, mask, positions: Array | None):
+    """Writes k, v (B, T, K, H) and their positions at cache_index; returns the whole cache
+    and the (B, 1, T, S) mask of the slots each query sees."""
     initialized = self.has_variable("cache", "cached_key")
-    cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
-    cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    zeros = logical_init(jnp.zeros, CACHE_AXES)
+    cached_k = self.variable("cache", "cached_key", zeros, k.shape, k.dtype)
+    cached_v = self.variable("cache", "cached_value", zeros, v.shape, v.dtype)
+    slots = self.variable(
+      "cache", "cached_positions", logical_init(jnp.zeros, CACHE_AXES[:2]), k.shape[:2], jnp.int32
+    )
     index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
     if not initialized:  # `init` only sizes the cache: (B, max_decode_len, K, H)
       return k, v, mask
     i = index.value
-    t, cache_len = k.shape[1], cached_k.value.shape[1]
-    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, i, 0, 0))
-    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, i, 0, 0))
+    b, t = k.shape[:2]
+    if positions is None:  # every row at the cache index
+      positions = jnp.broadcast_to(i + jnp.arange(t), (b, t))
+    segments = mask.q_segment_ids if isinstance(mask, attention.Masking) else None
+    stored = positions + 1 if segments is None else jnp.where(segments != 0, positions + 1, 0)
+    write = lambda cache, new: nn.with_logical_constraint(
+      jax.lax.dynamic_update_slice(cache, new, (0, i) + (0,) * (new.ndim - 2)),
+      CACHE_AXES[: new.ndim],
+    )
+    cached_k.value = write(cached_k.value, k)
+    cached_v.value = write(cached_v.value, v)
+    slots.value = write(slots.value, stored.astype(jnp.int32))
     index.value = i + t
-    # Query j (absolute position i + j) sees cache slots <= i + j; later slots are empty.
-    q_pos = i + jnp.arange(t)
-    visible = jnp.arange(cache_len)[None, :] <= q_pos[:, None]  # (T, S)
-    cache_mask = visible[None, None]
-    if mask is not None:  # a caller's (B, 1, T, S) padding mask over the cache slots
-      cache_mask = cache_mask & mask
+    # A query sees the filled slots at or before its position (empty and padding ones never).
+    filled = slots.value[:, None, :]  # (B, 1, S)
+    cache_mask = ((filled > 0) & (filled <= positions[:, :, None] + 1))[:, None]  # (B, 1, T, S)
+    if mask is not None and not isinstance(mask, attention.Masking):
+      cache_mask = cache_mask & mask  # a caller's (B, 1, T, S) mask over the cache slots
     return cached_k.value, cached_v.value, cache_mask
 
 
@@ -335,12 +297,16 @@ class MLP(nn.Module):
       name=name,
     )
     act = ACTIVATIONS[self.activation]
-    h = act(dense(self.mlp_dim, ("embed", "mlp"), self.init_std, "wi")(x))  # (B, T, F)
+    wide = lambda name: checkpoint_name(
+      dense(self.mlp_dim, ("embed", "mlp"), self.init_std, name)(x), f"mlp{name}"
+    )
+    h = act(wide("wi"))  # (B, T, F)
     if self.gated:
-      h = h * dense(self.mlp_dim, ("embed", "mlp"), self.init_std, "wi_up")(x)
+      h = h * wide("wi_up")
     h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-    return dense(self.embed_dim, ("mlp", "embed"), self.out_init_std, "wo")(h)
+    out = dense(self.embed_dim, ("mlp", "embed"), self.out_init_std, "wo")(h)
+    return checkpoint_name(out, "mlpwo")
 
 
 class Embedder(nn.Module):

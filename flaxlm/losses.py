@@ -1,5 +1,9 @@
 """Token-level losses, returned as sums with their weights so that any batching of the
 same tokens (microbatches, devices, hosts) divides by the same total.
+
+`chunked_cross_entropy` is `cross_entropy` of `hidden @ kernel` computed a sequence chunk
+at a time, so that the (B, T, V) float32 logits never exist at once (MaxText's vocabulary
+tiling); the backward pass recomputes each chunk's logits.
 """
 
 from __future__ import annotations
@@ -46,6 +50,47 @@ def cross_entropy(
     "correct_sum": jnp.sum(correct * w),
     "weight_sum": jnp.sum(w),
   }
+
+
+def chunked_cross_entropy(
+  hidden: jax.Array,  # (B, T, D) final hidden states
+  kernel: jax.Array,  # (D, V) output projection
+  targets: jax.Array,  # (B, T) int
+  weights: jax.Array,  # (B, T)
+  num_chunks: int,
+  label_smoothing: float = 0.0,
+  z_loss: float = 0.0,
+) -> dict[str, jax.Array]:
+  """`cross_entropy(hidden @ kernel, ...)` over `num_chunks` chunks of the sequence, one
+  (B, T / num_chunks, V) block of float32 logits alive at a time, forward and backward.
+
+  A `lax.scan` over the chunks with each chunk rematerialized: the backward pass keeps only
+  the chunk's hidden states and recomputes its logits, so peak memory holds one chunk of
+  logits and their gradient. Chunks run along the sequence so that every chunk keeps the
+  batch's sharding over the data-parallel devices.
+  """
+  b, t, d = hidden.shape
+  if t % num_chunks:
+    raise ValueError(f"num_vocab_tiles={num_chunks} must divide the sequence length {t}")
+  c = t // num_chunks
+  split = lambda x: jnp.swapaxes(x.reshape(b, num_chunks, c, *x.shape[2:]), 0, 1)
+
+  @jax.checkpoint
+  def chunk(kernel, h, tgt, w):
+    # Matmul in the compute dtype, accumulated and returned in float32.
+    logits = jnp.einsum(
+      "BCD,DV->BCV", h, kernel.astype(h.dtype), preferred_element_type=jnp.float32
+    )
+    return cross_entropy(logits, tgt, w, label_smoothing, z_loss)
+
+  def body(total, xs):
+    return jax.tree.map(jnp.add, total, chunk(kernel, *xs)), None
+
+  zeros = {
+    k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "nll_sum", "correct_sum", "weight_sum")
+  }
+  sums, _ = jax.lax.scan(body, zeros, (split(hidden), split(targets), split(weights)))
+  return sums
 
 
 def sum_to_mean(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:

@@ -17,7 +17,7 @@ import math
 
 import jax
 
-from flaxlm import loop, objectives, sharding, transfer, validation
+from flaxlm import attention, loop, objectives, reporting, sharding, transfer, validation
 from flaxlm.checkpoint import Checkpointer
 from flaxlm.config import RunConfig, from_saved
 from flaxlm.data import corpus, pipeline, tokenizers
@@ -84,6 +84,16 @@ def build(run: RunConfig, vocab_size: int, mesh=None) -> Trainable:
   )
   validation.check_divisible(trainable)
   return trainable
+
+
+def maxtext_flops(run: RunConfig, model_config) -> float:
+  """FLOPs per token with causal attention halved (MaxText's count), for decoders whose
+  attention kernel skips the masked blocks; 0 (not reported) otherwise."""
+  family = registry.family_of(run.model_family)
+  kernel = attention.resolve(model_config.attention_impl, model_config.compute_dtype)
+  if family.kind != "decoder" or kernel not in attention.SKIP_MASKED_BLOCKS:
+    return 0.0
+  return family.flops_per_token(model_config, run.data.seq_len, causal=True)
 
 
 def run_objective(run: RunConfig, tokenizer) -> objectives.Objective:
@@ -289,6 +299,7 @@ def train(run: RunConfig, workdir: str | Workdir, config_json: dict | None = Non
     flops_per_token = family.flops_per_token(
       trainable.model.config, run.data.seq_len, objective.target_len
     )
+    flops = reporting.FlopsPerToken(flops_per_token, maxtext_flops(run, trainable.model.config))
     if jax.process_index() == 0:
       n_params = sum(x.size for x in jax.tree.leaves(trainable.abstract_state.params))
       log.info(
@@ -323,7 +334,7 @@ def train(run: RunConfig, workdir: str | Workdir, config_json: dict | None = Non
         run.seed, transfer.all_params(pretrained) if pretrained else None
       ),
       tokens_per_step=run.batch_size * (run.data.seq_len + objective.target_len),
-      flops_per_token=flops_per_token,
+      flops_per_token=flops,
     )
     result = loop.run(job, run.loop, workdir, ckpt, restored)
   finally:

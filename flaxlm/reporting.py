@@ -3,10 +3,17 @@
 metrics.jsonl holds one JSON object per logged step with the run vocabulary of STYLE.md:
 `step, loss, learning_rate, grad_norm, tokens_per_sec` (and `examples_per_sec` for tasks),
 `mfu` where the device's peak is known, and `eval_*` on eval steps.
+
+MFU conventions: `mfu` counts model FLOPs as PaLM's appendix B does (causal attention not
+discounted); `mfu_maxtext` (decoders whose causal attention kernel skips the masked blocks:
+splash, cuDNN) halves the causal attention FLOPs as MaxText does, i.e. counts what such a
+kernel computes. The second is lower: a model's useful work is the same, only the count of it
+changes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -43,16 +50,26 @@ def device_peak_flops(override: float = 0.0) -> float | None:
   return None
 
 
+@dataclasses.dataclass(frozen=True)
+class FlopsPerToken:
+  """Training FLOPs per token under each convention; `maxtext` 0 means not reported."""
+
+  palm: float
+  maxtext: float = 0.0
+
+
 class Throughput:
   """Tokens/s (examples/s) and MFU over the steps since the last `measure()` call."""
 
   def __init__(
     self,
     tokens_per_step: int,
-    flops_per_token: float,
+    flops_per_token: float | FlopsPerToken,
     peak_flops: float | None,
     examples_per_step: int = 0,
   ):
+    if not isinstance(flops_per_token, FlopsPerToken):
+      flops_per_token = FlopsPerToken(flops_per_token)
     self.tokens_per_step, self.flops_per_token, self.peak = (
       tokens_per_step,
       flops_per_token,
@@ -83,8 +100,10 @@ class Throughput:
       out["tokens_per_sec"] = tps
     if self.examples_per_step:
       out["examples_per_sec"] = steps * self.examples_per_step / dt
-    if self.peak and self.flops_per_token:
-      out["mfu"] = tps * self.flops_per_token / self.peak
+    if self.peak and self.flops_per_token.palm:
+      out["mfu"] = tps * self.flops_per_token.palm / self.peak
+    if self.peak and self.flops_per_token.maxtext:
+      out["mfu_maxtext"] = tps * self.flops_per_token.maxtext / self.peak
     return out
 
 

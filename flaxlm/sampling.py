@@ -1,7 +1,12 @@
 """Autoregressive sampling with a KV cache: greedy, temperature, top-k and top-p (nucleus).
 
-Shapes are fixed (prompt P + new N tokens) so the whole loop is one jitted `lax.fori_loop`.
-Prompts of one batch share the same length.
+Serving-shaped: one batch holds prompts of different lengths, padded on the right or the
+left to P tokens. The prompt is prefilled in one pass; each row's tokens keep their own
+positions (the cache stores them, so padding slots are never attended), and the loop is one
+jitted `lax.while_loop` of at most `max_new_tokens` steps that stops as soon as every row
+has emitted EOS. The KV cache carries logical axis names (`flaxlm.layers.CACHE_AXES`), so it
+is laid out over the mesh as the rules say (batch over data, kv heads over tensor). `to_bf16`
+halves the weights' memory and runs the model (and its cache) in bfloat16.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flaxlm.errors import DataError
 
@@ -21,7 +27,7 @@ class SamplingConfig:
   temperature: float = 1.0  # 0 = greedy
   top_k: int = 0  # 0 = off
   top_p: float = 1.0  # 1 = off
-  eos_id: int | None = None  # after EOS a row keeps emitting EOS
+  eos_id: int | None = None  # after EOS a row keeps emitting EOS; all rows ended: stop
 
 
 def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
@@ -49,45 +55,130 @@ def choose(logits: jax.Array, rng: jax.Array, c: SamplingConfig) -> jax.Array:
   return jax.random.categorical(rng, logits, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "config"))
-def generate(model, params, prompt: jax.Array, rng: jax.Array, config: SamplingConfig) -> jax.Array:
-  """prompt (B, P) int32 -> (B, P + max_new_tokens) tokens."""
+def to_bf16(model, params):
+  """(model computing in bfloat16, its float parameters cast to bfloat16): half the weight
+  memory for decoding; the KV cache follows the compute dtype."""
+  model = model.clone(config=dataclasses.replace(model.config, dtype="bfloat16"))
+  cast = lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x
+  return model, jax.tree.map(cast, params)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "config", "pad_side"))
+def generate(
+  model,
+  params,
+  prompt: jax.Array,  # (B, P) int32, each row padded to P
+  rng: jax.Array,
+  config: SamplingConfig,
+  lengths: jax.Array | None = None,  # (B,) tokens of each prompt; None: all P
+  pad_side: str = "right",  # where the padding of a shorter prompt is
+) -> jax.Array:
+  """-> (B, P + max_new_tokens): row b holds its prompt's lengths[b] tokens, then its new
+  tokens, then EOS (or 0 without an eos_id) up to the end."""
   b, p = prompt.shape
-  total = p + config.max_new_tokens
+  n = config.max_new_tokens
+  lengths = jnp.full((b,), p, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
+  offset = (p - lengths if pad_side == "left" else jnp.zeros_like(lengths))[:, None]  # (B, 1)
+  slots = jnp.arange(p)[None, :]
+  segments = ((slots >= offset) & (slots < offset + lengths[:, None])).astype(jnp.int32)
+  positions = jnp.maximum(slots - offset, 0)  # each prompt starts at position 0
+
   cache = jax.eval_shape(
-    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((b, total), jnp.int32), decode=True)[
+    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((b, p + n), jnp.int32), decode=True)[
       "cache"
     ]
   )
   cache = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), cache)
 
-  def forward(cache, tokens, start):
-    positions = start + jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+  def forward(cache, tokens, positions, segment_ids=None):
     logits, mutated = model.apply(
       {"params": params, "cache": cache},
       tokens,
       positions=positions,
+      segment_ids=segment_ids,
       decode=True,
       mutable=["cache"],
     )
-    return mutated["cache"], logits[:, -1]
+    return mutated["cache"], logits
 
-  cache, logits = forward(cache, prompt, 0)  # prefill the prompt in one pass
-  out = jnp.zeros((b, total), jnp.int32).at[:, :p].set(prompt)
-  done = jnp.zeros((b,), bool)
+  # Prefill every prompt in one pass; each row continues from its last prompt token.
+  cache, logits = forward(cache, prompt, positions, segments)
+  last = offset[:, 0] + lengths - 1
+  logits = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]  # (B, V)
+  fill = 0 if config.eos_id is None else config.eos_id
+  new = jnp.full((b, n), fill, jnp.int32)
 
-  def body(i, carry):
-    cache, logits, out, done = carry
-    token = choose(logits, jax.random.fold_in(rng, i), config)
+  def cond(carry):
+    i, _, _, _, done = carry
+    return (i < n) & ~jnp.all(done)
+
+  def body(carry):
+    i, cache, logits, new, done = carry
+    token = choose(logits, jax.random.fold_in(rng, i), config).astype(jnp.int32)
     if config.eos_id is not None:
       token = jnp.where(done, config.eos_id, token)
       done = done | (token == config.eos_id)
-    out = jax.lax.dynamic_update_slice(out, token[:, None].astype(jnp.int32), (0, p + i))
-    cache, logits = forward(cache, token[:, None].astype(jnp.int32), p + i)
-    return cache, logits, out, done
+    new = jax.lax.dynamic_update_slice(new, token[:, None], (0, i))
+    cache, logits = forward(cache, token[:, None], (lengths + i)[:, None])
+    return i + 1, cache, logits[:, -1], new, done
 
-  _, _, out, _ = jax.lax.fori_loop(0, config.max_new_tokens, body, (cache, logits, out, done))
-  return out
+  done = jnp.zeros((b,), bool)
+  _, _, _, new, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), cache, logits, new, done))
+
+  # Compact each row: its prompt tokens, its new tokens, then `fill`.
+  j = jnp.arange(p + n)[None, :]
+  from_prompt = jnp.take_along_axis(prompt, jnp.clip(j + offset, 0, p - 1), axis=1)
+  from_new = jnp.take_along_axis(new, jnp.clip(j - lengths[:, None], 0, n - 1), axis=1)
+  out = jnp.where(j < lengths[:, None] + n, from_new, fill)
+  return jnp.where(j < lengths[:, None], from_prompt, out)
+
+
+def sample_texts(
+  trainable,
+  params,
+  tokenizer,
+  prompts: list[str],
+  config: SamplingConfig,
+  seed: int = 0,
+  num_samples: int = 1,
+  bf16: bool = False,
+) -> list[list[str]]:
+  """Continuations of several prompts, decoded as one batch (`num_samples` rows each, the
+  prompts right-padded): [prompt][sample] -> the new text. An empty prompt starts from EOS
+  (or token 0)."""
+  start = tokenizer.eos_id if tokenizer.eos_id is not None else 0
+  ids = [(tokenizer.encode(text) if text else []) or [start] for text in prompts]
+  model = trainable.model
+  limit = getattr(model.config, "max_len", None)
+  position = getattr(model.config, "position", "")
+  longest = max(len(x) for x in ids)
+  # Learned and sinusoidal positions are tables of max_len rows; JAX would clamp a position
+  # past the end silently. RoPE has no such limit.
+  if position in ("learned", "sinusoidal") and limit and longest + config.max_new_tokens > limit:
+    raise DataError(
+      f"prompt ({longest} tokens) + {config.max_new_tokens} new tokens exceeds the model's "
+      f"max_len={limit} {position} positions; ask for fewer tokens"
+    )
+  if tokenizer.eos_id is not None and config.eos_id is None:
+    config = dataclasses.replace(config, eos_id=tokenizer.eos_id)
+  rows = [x for x in ids for _ in range(num_samples)]
+  lengths = np.array([len(x) for x in rows], np.int32)
+  batch = np.zeros((len(rows), longest), np.int32)
+  for i, x in enumerate(rows):
+    batch[i, : len(x)] = x
+  if bf16:
+    model, params = to_bf16(model, params)
+  with trainable.context():
+    out = generate(
+      model, params, jnp.asarray(batch), jax.random.PRNGKey(seed), config, jnp.asarray(lengths)
+    )
+  out = jax.device_get(out)
+  texts = []
+  for i, (text, x) in enumerate(zip(prompts, ids, strict=True)):
+    skip = len(x) if text else 1
+    block = out[i * num_samples : (i + 1) * num_samples]
+    texts.append([tokenizer.decode(row[skip : len(x) + config.max_new_tokens]) for row in block])
+  return texts
 
 
 def sample_text(
@@ -100,51 +191,35 @@ def sample_text(
   num_samples: int = 1,
 ) -> str | list[str]:
   """Encodes `prompt` (empty: start from EOS/BOS or token 0), samples, decodes the new text."""
-  ids = tokenizer.encode(prompt) if prompt else []
-  if not ids:
-    start = tokenizer.eos_id if tokenizer.eos_id is not None else 0
-    ids = [start]
-  model = trainable.model
-  limit = getattr(model.config, "max_len", None)
-  position = getattr(model.config, "position", "")
-  # Learned and sinusoidal positions are tables of max_len rows; JAX would clamp a position
-  # past the end silently. RoPE has no such limit.
-  if position in ("learned", "sinusoidal") and limit and len(ids) + config.max_new_tokens > limit:
-    raise DataError(
-      f"prompt ({len(ids)} tokens) + {config.max_new_tokens} new tokens exceeds the model's "
-      f"max_len={limit} {position} positions; ask for fewer tokens"
-    )
-  if tokenizer.eos_id is not None and config.eos_id is None:
-    config = dataclasses.replace(config, eos_id=tokenizer.eos_id)
-  prompt_arr = jnp.asarray([ids] * num_samples, jnp.int32)
-  with trainable.context():
-    out = generate(model, params, prompt_arr, jax.random.PRNGKey(seed), config)
-  out = jax.device_get(out)
-  texts = [tokenizer.decode(row[len(ids) if prompt else 1 :]) for row in out]
+  texts = sample_texts(trainable, params, tokenizer, [prompt], config, seed, num_samples)[0]
   return texts[0] if num_samples == 1 else texts
 
 
 def complete(
   trainable, params, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 32
 ) -> list[str]:
-  """Greedy continuations (decoded text, up to EOS) of token-id prompts, in order. Prompts
-  of one length decode together (the KV cache here takes one prompt length per batch)."""
+  """Greedy continuations (decoded text, up to EOS) of token-id prompts, in order, decoded in
+  batches of right-padded prompts (widths rounded up to a power of two times 16, so a few
+  programs compile)."""
   config = SamplingConfig(max_new_tokens, temperature=0.0, eos_id=tokenizer.eos_id)
-  out: list[str] = [""] * len(prompts)
-  by_length: dict[int, list[int]] = {}
-  for i, p in enumerate(prompts):
-    by_length.setdefault(len(p), []).append(i)
-  for length, rows in sorted(by_length.items()):
-    for first in range(0, len(rows), batch_size):
-      chunk = rows[first : first + batch_size]
-      with trainable.context():
-        tokens = generate(
-          trainable.model, params, jnp.asarray([prompts[i] for i in chunk], jnp.int32),
-          jax.random.PRNGKey(0), config,
-        )  # fmt: skip
-      for i, row in zip(chunk, jax.device_get(tokens), strict=True):
-        new = [int(t) for t in row[length:]]
-        if tokenizer.eos_id in new:
-          new = new[: new.index(tokenizer.eos_id)]
-        out[i] = tokenizer.decode(new)
+  out: list[str] = []
+  for first in range(0, len(prompts), batch_size):
+    chunk = prompts[first : first + batch_size]
+    width = 16
+    while width < max(len(p) for p in chunk):
+      width *= 2
+    batch = np.zeros((batch_size, width), np.int32)  # a full batch: one shape per width
+    lengths = np.ones(batch_size, np.int32)
+    for i, p in enumerate(chunk):
+      batch[i, : len(p)], lengths[i] = p, len(p)
+    with trainable.context():
+      tokens = generate(
+        trainable.model, params, jnp.asarray(batch), jax.random.PRNGKey(0), config,
+        jnp.asarray(lengths),
+      )  # fmt: skip
+    for p, row in zip(chunk, jax.device_get(tokens), strict=False):
+      new = [int(t) for t in row[len(p) : len(p) + max_new_tokens]]
+      if tokenizer.eos_id in new:
+        new = new[: new.index(tokenizer.eos_id)]
+      out.append(tokenizer.decode(new))
   return out

@@ -39,6 +39,11 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
   ("norm", None),
   ("layers", None),
   ("relpos_buckets", None),
+  # The KV cache (decoding): rows over the data-parallel axes, kv heads over tensor.
+  ("cache_batch", ("data", "fsdp")),
+  ("cache_length", None),
+  ("cache_kv_heads", "tensor"),
+  ("cache_head_dim", None),
   ("num_types", None),
   ("labels", None),
   ("char_vocab", None),

@@ -174,6 +174,11 @@ class Trainable:
 
   @functools.cached_property
   def train_step(self):
+    return self._in_context(self.jitted_train_step)
+
+  @functools.cached_property
+  def jitted_train_step(self):
+    """The jitted step itself (call it, or `.lower` it, inside `context()`)."""
     fn = functools.partial(
       train_step,
       model=self.model,
@@ -183,13 +188,12 @@ class Trainable:
       config=self.step_config,
       frozen=self.frozen_paths,
     )
-    jitted = jax.jit(
+    return jax.jit(
       fn,
       in_shardings=(self.state_shardings, sharding.batch_sharding(self.mesh)),
       out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
       donate_argnums=0,
     )
-    return self._in_context(jitted)
 
   @functools.cached_property
   def eval_step(self):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 from flax import traverse_util
 
-from flaxlm import objectives, sharding
+from flaxlm import attention, objectives, sharding
 from flaxlm.data import spec
 from flaxlm.data.tokenizers import TokenizerConfig, reserved_names
 from flaxlm.errors import ConfigError
@@ -118,19 +118,36 @@ def check_lengths(model_config, lengths: dict[str, int]) -> None:
       )
 
 
-def check_attention(model_config) -> None:
+def check_attention(model_config, seq_len: int = 0) -> None:
+  """The attention kernel against this backend, the compute dtype, the model's position bias
+  and (when given) the sequence length; see flaxlm.attention."""
   impl = getattr(model_config, "attention_impl", "auto")
-  if impl != "cudnn":
-    return
-  if jax.default_backend() != "gpu":
-    raise ConfigError(
-      f"model.attention_impl='cudnn' needs an NVIDIA GPU (this backend is {jax.default_backend()}); "
-      "use 'auto'"
-    )
-  if model_config.dtype == "float32":
-    raise ConfigError(
-      "model.attention_impl='cudnn' runs in bfloat16 or float16; set --config.model.dtype=bfloat16"
-    )
+  backend = jax.default_backend()
+  if impl == "cudnn":
+    if backend not in ("gpu", "cuda"):
+      raise ConfigError(
+        f"model.attention_impl='cudnn' needs an NVIDIA GPU (this backend is {backend}); use 'auto'"
+      )
+    if model_config.dtype == "float32":
+      raise ConfigError(
+        "model.attention_impl='cudnn' runs in bfloat16 or float16; set --config.model.dtype=bfloat16"
+      )
+  if impl in attention.SPLASH:
+    if impl == "splash" and backend != "tpu":
+      raise ConfigError(
+        f"model.attention_impl='splash' is a TPU kernel (this backend is {backend}); use 'auto', "
+        "or 'splash_interpret' to run its Pallas program in the (slow) interpreter for tests"
+      )
+    if getattr(model_config, "position", "") == "relative":
+      raise ConfigError(
+        f"model.attention_impl={impl!r} takes no additive bias, and position='relative' (T5) "
+        "adds one; use 'auto' (the reference path) or 'xla'"
+      )
+    if seq_len % attention.SPLASH_BLOCK:
+      raise ConfigError(
+        f"model.attention_impl={impl!r} needs seq_len to be a multiple of "
+        f"{attention.SPLASH_BLOCK} (got {seq_len}); use 'auto' or change --config.seq_len"
+      )
 
 
 def check_dataset(dataset: str, text_feature: str, key: str) -> None:

@@ -3,6 +3,7 @@ packed segments, scan/remat equivalence, dropout, bfloat16 and the FLOP count.""
 
 import dataclasses
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -257,12 +258,35 @@ def test_remat_policies_give_identical_loss_and_grads():
     jax.make_jaxpr(jax.grad(functools.partial(mean_loss, config)))(params, tokens)
   )
   assert "remat" not in grad_program(base)
-  for policy in ("full", "save_dots", "save_dots_no_batch"):
+  for policy in sorted(set(gpt.REMAT_POLICIES) - {"none"}):
     config = dataclasses.replace(base, remat_policy=policy)
     assert "remat" in grad_program(config), policy  # the policy is really applied
     loss, grads = loss_and_grad(config)(params, tokens)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
     tree_allclose(grads, ref_grads, atol=1e-6, rtol=1e-5)
+
+
+NAMED_POLICIES = {
+  "full": set(),
+  "save_qkv_proj": {"query_proj", "key_proj", "value_proj"},
+  "save_attention_out": {"query_proj", "key_proj", "value_proj", "context", "out_proj"},
+  # mlpwo is named too, but its value is never needed: the gradient of x + mlp(x) is not.
+  "minimal": {"query_proj", "key_proj", "value_proj", "context", "out_proj", "mlpwi", "mlpwi_up"},
+}
+
+
+@pytest.mark.parametrize("policy", sorted(NAMED_POLICIES))
+def test_named_remat_policies_keep_what_they_name(policy, capsys):
+  """The backward pass keeps exactly the block's tagged tensors its policy names that it
+  needs (gated MLP, unrolled layers, where residuals show their checkpoint names)."""
+  config = dataclasses.replace(
+    CONFIGS["llama"], scan_layers=False, num_layers=1, remat_policy=policy
+  )
+  params = random_params(config)
+  tokens = random_tokens(seed=5)
+  jax.ad_checkpoint.print_saved_residuals(functools.partial(mean_loss, config), params, tokens)
+  names = set(re.findall(r"named '(\w+)'", capsys.readouterr().out))
+  assert names == NAMED_POLICIES[policy]
 
 
 # ----------------------------------------------------------------------------- dropout
@@ -377,3 +401,13 @@ def test_flops_per_token_grows_with_layers_and_length():
   expected = 6 * (blocks + head) + 12 * 12 * 1024 * 768
   assert gpt.flops_per_token(gpt.PRESETS["gpt2_small"], 1024) == expected
   np.testing.assert_allclose(6 * (blocks + head), 6 * 124e6, rtol=0.01)
+
+
+def test_maxtext_convention_halves_the_causal_attention_flops():
+  """PaLM counts 12 x L x T x N x H attention FLOPs per token; MaxText half of it for causal
+  attention (what a kernel skipping the masked blocks does); the rest is the same."""
+  for config in (BASE, gpt.PRESETS["llama_1b"]):
+    palm = gpt.flops_per_token(config, 2048)
+    maxtext = gpt.flops_per_token(config, 2048, causal=True)
+    attn = 12 * config.num_layers * 2048 * config.num_heads * config.dim_per_head
+    assert palm - maxtext == attn / 2

@@ -239,3 +239,125 @@ def test_sample_text_decodes_the_greedy_continuation():
   prompt = jnp.asarray([CHARS.encode("abcd")] * B, jnp.int32)
   out = generate(LEARNED, prompt, GREEDY)
   assert texts[0] == CHARS.decode(out[0, P:])
+
+
+# ----------------------------------------------------------------------------- serving shapes
+
+
+LENGTHS = [3, 7, 1, 5]  # four prompts of different lengths, one batch
+
+
+def ragged_prompts(pad_side: str):
+  """(B, 7) prompts padded on `pad_side` with junk ids (they must not matter), and each alone."""
+  rng = np.random.default_rng(3)
+  alone = [rng.integers(0, VOCAB, n).astype(np.int32) for n in LENGTHS]
+  batch = rng.integers(0, VOCAB, (len(LENGTHS), max(LENGTHS))).astype(np.int32)
+  for row, p in enumerate(alone):
+    if pad_side == "right":
+      batch[row, : len(p)] = p
+    else:
+      batch[row, batch.shape[1] - len(p) :] = p
+  return jnp.asarray(batch), jnp.asarray(LENGTHS, jnp.int32), alone
+
+
+@pytest.mark.parametrize(
+  "config,pad_side",
+  [(LEARNED, "right"), (LEARNED, "left"), (LLAMA, "left")],
+  ids=["learned-right", "learned-left", "llama_scan-left"],
+)
+def test_batched_ragged_prompts_equal_one_at_a_time(config, pad_side):
+  """Greedy decoding of four prompts of different lengths in one padded batch gives each
+  prompt's own greedy continuation (positions, padding and the KV cache per row)."""
+  batch, lengths, alone = ragged_prompts(pad_side)
+  new = 6
+  cfg = SamplingConfig(max_new_tokens=new, temperature=0.0)
+  model, params = gpt.GPT(config), random_params(config)
+  out = np.asarray(
+    sampling.generate(model, params, batch, jax.random.PRNGKey(0), cfg, lengths, pad_side)
+  )
+  assert out.shape == (len(LENGTHS), max(LENGTHS) + new)
+  for row, p in enumerate(alone):
+    single = generate(config, jnp.asarray(p[None]), cfg)[0]
+    np.testing.assert_array_equal(out[row, : len(p) + new], single, err_msg=f"row {row}")
+    assert (out[row, len(p) + new :] == 0).all()  # then the fill (no eos_id: 0)
+
+
+def test_loop_stops_when_every_row_has_ended(monkeypatch):
+  """Once every row has emitted EOS (here all at step 2 at the latest), the while loop stops:
+  3 steps or fewer of 12, and the rest of every row is EOS."""
+  prompt = prompts()
+  free = generate(LEARNED, prompt, GREEDY)
+  eos = int(free[0, P + 2])
+  ends = int(np.flatnonzero(free[0, P:] == eos)[0])  # step 2, or earlier if it came before
+  steps = []
+  real_choose = sampling.choose
+
+  def counting_choose(logits, rng, c):
+    jax.debug.callback(lambda x: steps.append(x), logits[0, 0])  # once per iteration
+    return real_choose(logits, rng, c)
+
+  monkeypatch.setattr(sampling, "choose", counting_choose)
+  # Every row gets the same prompt as row 0, so all of them end at step 2.
+  same = jnp.broadcast_to(prompt[:1], prompt.shape)
+  config = dataclasses.replace(GREEDY, eos_id=eos, top_k=7)  # a config no other test traces
+  out = generate(LEARNED, same, config)
+  assert len(steps) == ends + 1 < NEW
+  kept = P + ends + 1
+  np.testing.assert_array_equal(out[:, :kept], np.broadcast_to(free[:1, :kept], (B, kept)))
+  assert (out[:, kept:] == eos).all()
+
+
+def test_bf16_weights_decode_in_bf16():
+  """to_bf16 halves the weights, the cache follows, and where float32's top two logits are
+  far apart bfloat16 picks the same first token."""
+  model, params = gpt.GPT(LLAMA), random_params(LLAMA)
+  bmodel, bparams = sampling.to_bf16(model, params)
+  assert {x.dtype for x in jax.tree.leaves(bparams)} == {jnp.dtype(jnp.bfloat16)}
+  cache = jax.eval_shape(
+    lambda: bmodel.init(jax.random.PRNGKey(0), jnp.zeros((B, 8), jnp.int32), decode=True)["cache"]
+  )
+  kv = [x for x in jax.tree.leaves(nn.meta.unbox(cache)) if x.ndim >= 4]
+  assert kv and all(x.dtype == jnp.bfloat16 for x in kv)
+  prompt = prompts()
+  logits = np.asarray(full_logits_fn(LLAMA)({"params": params}, prompt))[:, -1]
+  logits16 = np.asarray(bmodel.apply({"params": bparams}, prompt), np.float32)[:, -1]
+  np.testing.assert_allclose(logits16, logits, atol=0.05)  # logits spread ~0.6
+  f32 = generate(LLAMA, prompt, GREEDY)
+  b16 = np.asarray(sampling.generate(bmodel, bparams, prompt, jax.random.PRNGKey(0), GREEDY))
+  top2 = np.sort(logits, -1)
+  clear = top2[:, -1] - top2[:, -2] > 0.1  # beyond bfloat16's error
+  assert clear.sum() >= 2
+  np.testing.assert_array_equal(b16[clear, P], f32[clear, P])
+
+
+def test_kv_cache_is_sharded_by_logical_names():
+  """The cache's logical names map to (data, fsdp) rows and tensor-split kv heads, and
+  greedy decoding on a (data 2, tensor 2) mesh equals one device."""
+  model, params = gpt.GPT(LLAMA), random_params(LLAMA)
+  cache = jax.eval_shape(
+    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((B, 8), jnp.int32), decode=True)["cache"]
+  )
+  specs = {
+    jax.tree_util.keystr(k): s
+    for k, s in jax.tree_util.tree_leaves_with_path(
+      nn.logical_to_mesh(nn.get_partition_spec(cache), sharding.DEFAULT_RULES)
+    )
+  }
+  key = next(k for k in specs if "cached_key" in k)  # (layers, B, S, K, H) under nn.scan
+  assert tuple(specs[key])[-4:] == (("data", "fsdp"), None, "tensor", None)
+  prompt = prompts()
+  want = generate(LLAMA, prompt, GREEDY)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, jax.devices()[:4])
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+    got = sampling.generate(model, params, prompt, jax.random.PRNGKey(0), GREEDY)
+  np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_sample_texts_decodes_several_prompts_in_one_batch():
+  trainable = trainable_for(LEARNED)
+  params = random_params(LEARNED)
+  texts = sampling.sample_texts(trainable, params, CHARS, ["abcd", "ab", "abc"], GREEDY)
+  assert [len(t) for t in texts] == [1, 1, 1]
+  for prompt, (text,) in zip(["abcd", "ab", "abc"], texts, strict=True):
+    alone = sampling.sample_text(trainable, params, CHARS, prompt, GREEDY)
+    assert text == alone

@@ -15,7 +15,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flaxlm import layers
+from flaxlm import attention, layers
 from flaxlm.models.transformer import Block, TransformerConfig, stack_blocks
 
 
@@ -81,7 +81,9 @@ class Bert(nn.Module):
       x = c.norm_layer("ln_embed")(x)
     x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, layers.ACT_BTD)
-    mask = layers.attention_mask(segment_ids, segment_ids, causal=False)
+    mask = attention.Masking.build(
+      segment_ids, segment_ids, causal=False, dense=attention.needs_dense(c.attention_impl, dtype)
+    )
     x = stack_blocks(
       Block, c, c.num_layers, c.scan_layers, c.remat_policy, deterministic=deterministic
     )(x, mask, positions)

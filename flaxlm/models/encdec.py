@@ -20,7 +20,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flaxlm import layers
+from flaxlm import attention, layers
 from flaxlm.models.transformer import (
   Block,
   TransformerConfig,
@@ -165,7 +165,9 @@ class Encoder(nn.Module):
   def __call__(self, tokens, segment_ids, positions, deterministic: bool):
     c = self.config
     x = _embed(c, self.embedder, tokens, positions, deterministic)
-    mask = layers.attention_mask(segment_ids, segment_ids, causal=False)
+    relative = c.position == "relative"
+    dense = attention.needs_dense(c.attention_impl, c.compute_dtype, bias=relative)
+    mask = attention.Masking.build(segment_ids, segment_ids, causal=False, dense=dense)
     bias = None
     if c.position == "relative":
       bias = RelativePositionBias(c, bidirectional=True, name="relative_bias")(positions, positions)
@@ -189,16 +191,28 @@ class Decoder(nn.Module):
     # Decoding: the cache supplies causality and the keys sit at cache slots 0..decode_len-1.
     mask = None
     k_positions = positions
+    relative = c.position == "relative"
+    dense = attention.needs_dense(c.attention_impl, c.compute_dtype, self.decode, relative)
     if self.decode:
       k_positions = jnp.arange(decode_len)[None]
     else:
-      mask = layers.attention_mask(
-        segment_ids, segment_ids, causal=True, q_positions=positions, kv_positions=positions
+      mask = attention.Masking.build(
+        segment_ids,
+        segment_ids,
+        causal=True,
+        q_positions=positions,
+        kv_positions=positions,
+        dense=dense,
       )
     q_segments = jnp.ones_like(tokens) if segment_ids is None else segment_ids
     cross_mask = None
     if encoder_segments is not None:
-      cross_mask = layers.attention_mask(q_segments, encoder_segments, causal=False)
+      cross_mask = attention.Masking.build(
+        q_segments,
+        encoder_segments,
+        causal=False,
+        dense=attention.needs_dense(c.attention_impl, c.compute_dtype, self.decode),
+      )
     bias = None
     if c.position == "relative":
       bias = RelativePositionBias(c, bidirectional=False, name="relative_bias")(

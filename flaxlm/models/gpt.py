@@ -12,7 +12,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flaxlm import layers
+from flaxlm import attention, layers
 from flaxlm.models.transformer import (  # noqa: F401 - re-exported for callers of gpt.*
   DTYPES,
   REMAT_POLICIES,
@@ -26,6 +26,9 @@ from flaxlm.models.transformer import (  # noqa: F401 - re-exported for callers 
 @dataclasses.dataclass(frozen=True)
 class GPTConfig(TransformerConfig):
   tie_embeddings: bool = True
+  # > 1: the causal-LM loss projects to the vocabulary this many sequence chunks at a time
+  # (losses.chunked_cross_entropy), so no (B, T, V) logits exist; must divide seq_len.
+  num_vocab_tiles: int = 1
 
 
 PRESETS = {
@@ -38,7 +41,8 @@ PRESETS = {
   "gpt2_medium": GPTConfig(
     vocab_size=50304, num_layers=24, num_heads=16, embed_dim=1024, mlp_dim=4096, max_len=1024
   ),
-  # ~1.2B decoder, LLaMA style (16 layers x 2048, GQA 32/8, SwiGLU 5632, vocab 32k).
+  # LLaMA-style decoder of 0.85B parameters (16 layers x 2048, GQA 32/8, SwiGLU 5632, vocab
+  # 32k, untied): 16 x 45.1M per layer + 2 x 65.5M embedding and output = 852.7M.
   "llama_1b": GPTConfig(
     vocab_size=32000,
     num_layers=16,
@@ -61,7 +65,8 @@ PRESETS = {
 
 class GPT(nn.Module):
   """tokens (B, T) -> logits (B, T, V); with `features`, the final hidden states (B, T, D)
-  (what task heads read; no output projection is built)."""
+  (what task heads read; no output projection is built); with `output_kernel`, those
+  states and the output projection's kernel (D, V), for a loss that projects in chunks."""
 
   config: GPTConfig
 
@@ -74,15 +79,23 @@ class GPT(nn.Module):
     deterministic: bool = True,
     decode: bool = False,
     features: bool = False,
+    lengths=None,  # (B,) tokens per right-padded row: padding as lengths (for cuDNN)
+    output_kernel: bool = False,
   ):
     c = self.config
     dtype = c.compute_dtype
     x, embedder, positions = c.embed_tokens(tokens, positions)  # (B, T, D)
     x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, layers.ACT_BTD)
-    # In decode mode the cache supplies causality; otherwise compare positions.
-    mask = layers.attention_mask(
-      segment_ids, segment_ids, causal=not decode, q_positions=positions, kv_positions=positions
+    # In decode mode the KV cache supplies causality from the positions it stores.
+    masking = attention.Masking.build(
+      segment_ids,
+      segment_ids,
+      causal=not decode,
+      q_positions=positions,
+      kv_positions=positions,
+      lengths=lengths,
+      dense=not decode and attention.needs_dense(c.attention_impl, dtype, decode),
     )
     x = stack_blocks(
       Block,
@@ -92,10 +105,15 @@ class GPT(nn.Module):
       c.remat_policy,
       deterministic=deterministic,
       decode=decode,
-    )(x, mask, positions)
+    )(x, masking, positions)
     x = c.norm_layer("ln_final")(x)
     if features:
       return x
+    if output_kernel:
+      if c.tie_embeddings:
+        return x, embedder.embedding.T
+      head = self.variables["params"]["lm_head"]["kernel"]  # built by the logits path at init
+      return x, nn.meta.unbox(head)
     return vocab_logits(x, embedder, c.tie_embeddings, dtype)
 
 
@@ -108,10 +126,13 @@ def features(model: GPT, batch: dict, deterministic: bool) -> dict:
   return {"hidden": hidden, "pooled": jnp.take_along_axis(hidden, last[:, None, None], 1)[:, 0]}
 
 
-def flops_per_token(c: GPTConfig, seq_len: int, target_len: int = 0) -> float:
+def flops_per_token(c: GPTConfig, seq_len: int, target_len: int = 0, causal: bool = False) -> float:
   """Training FLOPs per token (forward + backward = 3 x forward), matmuls only.
 
   Forward per token: 2 x (weights used in matmuls) + attention scores and values,
-  2 x 2 x seq_len x N x H (PaLM appendix B; causal masking is not discounted).
+  2 x 2 x seq_len x N x H (PaLM appendix B; causal masking is not discounted). `causal`
+  halves the attention part, as MaxText counts it (what a kernel that skips the masked
+  blocks computes).
   """
-  return 3.0 * (c.num_layers * c.layer_flops_per_token(seq_len) + 2 * c.embed_dim * c.vocab_size)
+  layer = c.layer_flops_per_token(seq_len, causal=causal)
+  return 3.0 * (c.num_layers * layer + 2 * c.embed_dim * c.vocab_size)

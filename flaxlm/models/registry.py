@@ -86,4 +86,4 @@ def build_model(family: str, config) -> nn.Module:
 
 # Model keys that change how a model runs, not its parameters: a resumed or fine-tuned run
 # may set them differently from the checkpoint (e.g. another remat policy on a new machine).
-RUNTIME_KEYS = ("dtype", "remat_policy", "attention_impl", "dropout_rate")
+RUNTIME_KEYS = ("dtype", "remat_policy", "attention_impl", "dropout_rate", "num_vocab_tiles")

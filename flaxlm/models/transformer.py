@@ -13,16 +13,32 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flaxlm import layers
+from flaxlm import attention, layers
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
-# Named rematerialization policies for `nn.remat` (what the backward pass may keep).
+_POLICIES = jax.checkpoint_policies
+_QKV = ("query_proj", "key_proj", "value_proj")
+
+# Named rematerialization policies for `nn.remat`: what the backward pass may keep of a block
+# rather than recompute. Names are the block's `checkpoint_name` tags (flaxlm.layers); from
+# most kept to least. MaxText's policies of the same names keep the same tensors.
 REMAT_POLICIES = {
   "none": None,  # no remat: keep every activation
-  "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
-  "save_dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs
-  "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "save_dots": _POLICIES.checkpoint_dots,  # every matmul output, attention scores included
+  # Projections, MLP and the attention output: elementwise ops are recomputed, a fused
+  # attention kernel is not (MaxText's minimal_flash).
+  "minimal": _POLICIES.save_only_these_names(
+    *_QKV, "context", "out_proj", "mlpwi", "mlpwi_up", "mlpwo"
+  ),
+  # Matmuls without batch dimensions: projections and MLP, not attention scores or a fused
+  # kernel's output (MaxText's minimal).
+  "save_dots_no_batch": _POLICIES.dots_with_no_batch_dims_saveable,
+  "save_attention_out": _POLICIES.save_only_these_names(
+    *_QKV, "context", "out_proj"
+  ),  # MLP recomputed
+  "save_qkv_proj": _POLICIES.save_only_these_names(*_QKV),  # attention and MLP recomputed
+  "full": _POLICIES.nothing_saveable,  # recompute the whole block from its input
 }
 
 
@@ -50,7 +66,9 @@ class TransformerConfig:
   dtype: str = "float32"  # compute dtype; parameters stay float32
   scan_layers: bool = False
   remat_policy: str = "none"
-  attention_impl: str = "auto"  # auto: einsum on CPU, else xla | xla | cudnn (NVIDIA) | einsum
+  # auto: splash on TPU, cudnn on GPU (bf16/f16), einsum on CPU | xla | cudnn | einsum | splash
+  # | splash_interpret (tests); see flaxlm.attention
+  attention_impl: str = "auto"
 
   POSITIONS = ("learned", "sinusoidal", "rope")
 
@@ -68,7 +86,7 @@ class TransformerConfig:
       ("activation", tuple(layers.ACTIVATIONS)),
       ("dtype", tuple(DTYPES)),
       ("remat_policy", tuple(REMAT_POLICIES)),
-      ("attention_impl", layers.ATTENTION_IMPLS),
+      ("attention_impl", attention.IMPLS),
     ]:
       if getattr(self, field) not in allowed:
         raise ValueError(f"model.{field}={getattr(self, field)!r}; choose one of {allowed}")
@@ -127,13 +145,14 @@ class TransformerConfig:
       return x + layers.sinusoidal_table(self.max_len, self.embed_dim)[positions].astype(x.dtype)
     return x
 
-  def layer_flops_per_token(self, seq_len: int, cross_len: int = 0) -> float:
+  def layer_flops_per_token(self, seq_len: int, cross_len: int = 0, causal: bool = False) -> float:
     """Forward matmul FLOPs of one block per token: projections, MLP, attention scores and
-    values (2 x 2 x S x N x H; PaLM appendix B, causal masking not discounted)."""
+    values (2 x 2 x S x N x H; PaLM appendix B, causal masking not discounted). `causal`
+    halves the self-attention scores and values, as MaxText counts them."""
     d, h = self.embed_dim, self.dim_per_head
     attn_proj = d * h * (self.num_heads * 2 + self.kv_heads * 2)  # q, out, k, v
     mlp = d * self.mlp_dim * (3 if self.gated_mlp else 2)
-    flops = 2 * (attn_proj + mlp) + 4 * seq_len * self.num_heads * h
+    flops = 2 * (attn_proj + mlp) + 4 * seq_len * self.num_heads * h / (2 if causal else 1)
     if cross_len:  # cross-attention: q, out per target token; k, v counted on the source side
       flops += 2 * (2 * d * h * self.num_heads) + 4 * cross_len * self.num_heads * h
     return flops

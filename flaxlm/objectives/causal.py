@@ -20,18 +20,25 @@ def lm_example(window: np.ndarray, rng: np.random.Generator | None = None) -> di
 
 def causal_lm(model, params, batch, rng, deterministic: bool, loss: LossConfig):
   """Next-token prediction. batch: inputs, targets, weights (B, T); optional positions,
-  segment_ids (B, T) for packed sequences."""
-  logits = model.apply(
+  segment_ids (B, T) for packed sequences. A model with `num_vocab_tiles` > 1 hands back
+  its hidden states and output kernel, and the loss projects them chunk by chunk."""
+  tiles = getattr(model.config, "num_vocab_tiles", 1)
+  out = model.apply(
     {"params": params},
     batch["inputs"],
     positions=batch.get("positions"),
     segment_ids=batch.get("segment_ids"),
     deterministic=deterministic,
     rngs=None if deterministic else {"dropout": rng},
+    **({"output_kernel": True} if tiles > 1 else {}),
   )
-  return losses.cross_entropy(
-    logits, batch["targets"], batch["weights"], loss.label_smoothing, loss.z_loss
-  )
+  targets, weights = batch["targets"], batch["weights"]
+  if tiles > 1:
+    hidden, kernel = out
+    return losses.chunked_cross_entropy(
+      hidden, kernel, targets, weights, tiles, loss.label_smoothing, loss.z_loss
+    )
+  return losses.cross_entropy(out, targets, weights, loss.label_smoothing, loss.z_loss)
 
 
 def causal_lm_objective(tokenizer=None, **_) -> Objective:
