@@ -79,7 +79,13 @@ def decode(model, params, inputs, input_segments, rng, config: DecodeConfig, sta
     cache = init_cache(model, params, encoded, input_segments, length)
 
     def step(cache, tokens, position):
-      return _decoder_call(model, params, cache, encoded, input_segments, tokens, position, length)
+      logits, cache = _decoder_call(
+        model, params, cache, encoded, input_segments, tokens, position, length
+      )
+      vocab = config.sampling.vocab_size  # the model's padding rows are never a beam
+      if 0 < vocab < logits.shape[-1]:
+        logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab, logits, -jnp.inf)
+      return logits, cache
 
     batch_axis = 1 if model.config.scan_layers else 0  # nn.scan stacks layers first
     tokens, _ = beam.beam_search(
@@ -129,6 +135,9 @@ def translate(
 ) -> list[str]:
   """Source texts -> decoded target texts, in order, in fixed-shape batches (one compile)."""
   start_id, eos_id, pad_id = seq2seq_ids(tokenizer, "seq2seq")
+  if not config.sampling.vocab_size:
+    sampling = dataclasses.replace(config.sampling, vocab_size=tokenizer.vocab_size)
+    config = dataclasses.replace(config, sampling=sampling)
   model = trainable.model
   c = model.config
   if c.position in ("learned", "sinusoidal") and config.max_len > c.max_len:
