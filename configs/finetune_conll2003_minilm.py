@@ -13,10 +13,10 @@ AdamW lr 1e-4 warmed up over 10% and decayed linearly to 0, weight decay 0.01, d
 batch 32, up to 128 sub-words (one training sentence has more and is cut; its cut words are
 predicted 'O'). 4 epochs: 4 x 14,041 / 32 = 1,756 steps; valid F1 every 439 steps (an epoch)
 keeps the best checkpoint.
-Hardware: 2 CPU cores. Time (estimated, not yet run end to end): ~32 minutes. Batches pad to
-61 columns on average (SST-2's: 48), so a step costs ~1.3 SST-2 steps (~0.9 s, see
-configs/finetune_sst2_minilm.py): ~27 min for 1,756 steps, plus four evaluations of the
-3,250 valid sentences (~40 s each) and compiling five batch widths.
+Hardware: 2 CPU cores. Time (estimated, not yet run end to end): about an hour. Batches pad
+to 61 columns on average (SST-2's: 48) and bench/finetune_throughput.py measured 1.62 s a
+step at SST-2's width, so ~2 s a step: ~60 min for 1,756 steps, plus four evaluations of the
+3,250 valid sentences and compiling five batch widths.
 Expected: entity F1 >= 85 on valid.bio.txt.
 """
 
