@@ -126,9 +126,7 @@ def load_hf(path: str, task: str = "", num_labels: int = 0, labels=None, mesh=No
   task_obj = cls(ft.task, ft.columns, registry.family_of(family), imported.model_config,
                  imported.tokenizer, list(labels) if labels else None)  # fmt: skip
   trainable = build(task_obj, family, imported.model_config, ft, mesh)
-  pretrained = transfer.Pretrained(
-    family, imported.model_config, imported.tokenizer, imported.backbone, f"hf:{path}"
-  )
+  pretrained = transfer.from_imported(imported, f"hf:{path}")
   overrides = transfer.backbone_overrides(trainable.abstract_state.params, pretrained)
   if same_head:  # the checkpoint's own head, where its shapes fit
     want = traverse_util.flatten_dict(trainable.abstract_state.params)

@@ -48,10 +48,17 @@ def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
   return logits
 
 
+def without_padded_vocab(logits: jax.Array, vocab_size: int) -> jax.Array:
+  """logits (..., V) with ids from `vocab_size` on at -inf: the rows a model's vocabulary is
+  padded with past the tokenizer's decode to nothing. `vocab_size` 0 leaves them."""
+  if 0 < vocab_size < logits.shape[-1]:
+    logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
+  return logits
+
+
 def choose(logits: jax.Array, rng: jax.Array, c: SamplingConfig) -> jax.Array:
   """Next token ids (B,) from last-position logits (B, V)."""
-  if 0 < c.vocab_size < logits.shape[-1]:  # rows padded past the tokenizer decode to nothing
-    logits = jnp.where(jnp.arange(logits.shape[-1]) < c.vocab_size, logits, -jnp.inf)
+  logits = without_padded_vocab(logits, c.vocab_size)
   if c.temperature == 0.0:
     return jnp.argmax(logits, axis=-1)
   logits = filter_logits(logits / c.temperature, c.top_k, c.top_p)

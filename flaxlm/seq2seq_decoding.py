@@ -18,7 +18,7 @@ import numpy as np
 from flaxlm import beam_search as beam
 from flaxlm.errors import DataError
 from flaxlm.objectives.text_to_text import seq2seq_ids
-from flaxlm.sampling import SamplingConfig, choose
+from flaxlm.sampling import SamplingConfig, choose, without_padded_vocab
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,10 +82,7 @@ def decode(model, params, inputs, input_segments, rng, config: DecodeConfig, sta
       logits, cache = _decoder_call(
         model, params, cache, encoded, input_segments, tokens, position, length
       )
-      vocab = config.sampling.vocab_size  # the model's padding rows are never a beam
-      if 0 < vocab < logits.shape[-1]:
-        logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab, logits, -jnp.inf)
-      return logits, cache
+      return without_padded_vocab(logits, config.sampling.vocab_size), cache  # never a beam
 
     batch_axis = 1 if model.config.scan_layers else 0  # nn.scan stacks layers first
     tokens, _ = beam.beam_search(

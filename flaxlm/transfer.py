@@ -39,10 +39,7 @@ def load(init_from: str, mesh, hint: str = "") -> Pretrained:
   if init_from.startswith("hf:"):
     from flaxlm.convert import load_hf
 
-    imported = load_hf(init_from[len("hf:") :])
-    return Pretrained(
-      imported.family, imported.model_config, imported.tokenizer, imported.backbone, init_from
-    )
+    return from_imported(load_hf(init_from[len("hf:") :]), init_from)
 
   workdir = Workdir(init_from)
   if not workdir.checkpoints.exists() or not any(workdir.checkpoints.iterdir()):
@@ -51,6 +48,13 @@ def load(init_from: str, mesh, hint: str = "") -> Pretrained:
   trainable, params, tokenizer = pretraining.load_trained(workdir, mesh)
   family = registry.family_of_model(trainable.model)
   return Pretrained(family.name, trainable.model.config, tokenizer, params, str(workdir.path))
+
+
+def from_imported(imported, source: str) -> Pretrained:
+  """The backbone of a Hugging Face folder imported by `flaxlm.convert.load_hf`."""
+  return Pretrained(
+    imported.family, imported.model_config, imported.tokenizer, imported.backbone, source
+  )
 
 
 def backbone_overrides(abstract_params: dict, pretrained: Pretrained) -> dict:
