@@ -7,7 +7,9 @@ state at each word's first sub-word into a new tag classifier, every weight fine
 Data: ../shared/data/conll2003/train.bio.txt (14,041 sentences) and valid.bio.txt (3,250),
 BIO tags, entity F1 with CoNLL semantics (seqeval). bert_tiny's vocabulary is uncased, which
 costs NER (case marks names); pretrain with --config.tokenizer.lowercase=false for a cased one.
-Hardware: 2 CPU cores. Time and result: see README (Fine-tuning results).
+Hardware: 2 CPU cores. Measured 2026-12-02: entity F1 59.0 after 1,039 s of fine-tuning (the
+uncased vocabulary and small pretraining show; the BiLSTM of finetune_conll2003_lstm.py
+reaches 87.8 in 509 s: README).
 """
 
 from flaxlm.config_finetune import finetune_config, task_block

@@ -8,7 +8,8 @@ Data: ../shared/data/conll2003/train.bio.txt (14,041 sentences) and valid.bio.tx
 BIO tags; entity F1 with CoNLL semantics (seqeval). Word vectors are lowercased and cover
 words seen twice (as the PyTorch reference's); the char CNN reads every word's spelling with
 its case (which marks names), [UNK]s included.
-Hardware: 2 CPU cores. Time and result: see README (Fine-tuning results).
+Hardware: 2 CPU cores. Measured 2026-12-01: entity F1 87.8 after 509 s of fine-tuning (85.8
+at 217 s; README, Fine-tuning results).
 """
 
 from flaxlm.config_finetune import finetune_config, task_block, with_model_preset

@@ -8,7 +8,8 @@ classifier, every weight fine-tuned.
 Data: ../shared/data/sst2/train.tsv (67,349 phrases) and dev.tsv (872 sentences). The
 tokenizer and architecture come from the pretraining checkpoint (`init_from`). AdamW lr 1e-4
 warmed up over 10% and decayed linearly, batch 32, 3 epochs, up to 64 tokens.
-Hardware: 2 CPU cores. Time and result: see README (Fine-tuning results).
+Hardware: 2 CPU cores. Measured 2026-12-02: dev accuracy 81.5% at the end, after 952 s of
+fine-tuning (79.9% at step 2,000); the BiLSTM of finetune_sst2_lstm.py reaches 85.0% (README).
 """
 
 from flaxlm.config_finetune import finetune_config, task_block

@@ -6,7 +6,8 @@ embeddings, 128 x 2 hidden, mean pooling, dropout 0.3), as the PyTorch reference
 
 Data: ../shared/data/sst2/train.tsv (67,349 phrases, lowercased words, every training word
 in the vocabulary) and dev.tsv (872 sentences). Adam lr 2e-3, batch 64, up to 64 words.
-Hardware: 2 CPU cores. Time and result: see README (Fine-tuning results).
+Hardware: 2 CPU cores. Measured 2026-12-01: dev accuracy 85.0% (best checkpoint, step 1,250,
+after 251 s), 401 s for the 2 epochs (README, Fine-tuning results).
 """
 
 from flaxlm.config_finetune import finetune_config, task_block, with_model_preset
