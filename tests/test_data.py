@@ -272,8 +272,11 @@ def test_trainer_never_feeds_validation_tokens(tmp_path, monkeypatch):
   text = "".join(chr(97 + i % 13) for i in range(1800)) + "0123456789" * 20  # last 200: digits
   (tmp_path / "corpus.txt").write_text(text)
   fed = []
-  to_global = loop.sharding.to_global
+  to_global, local_to_global = loop.sharding.to_global, loop.sharding.local_to_global
   monkeypatch.setattr(loop.sharding, "to_global", lambda b, s: fed.append(b) or to_global(b, s))
+  monkeypatch.setattr(  # training batches: this host's rows (here all of them)
+    loop.sharding, "local_to_global", lambda b, s, n: fed.append(b) or local_to_global(b, s, n)
+  )
   c = default_config()
   c.update(dataset=f"text:{tmp_path}/corpus.txt", data_dir=str(tmp_path / "tfds"), seq_len=16,
            batch_size=8, eval_batch_size=8, eval_batches=1, num_train_steps=30, log_every=10,
