@@ -16,6 +16,8 @@ with --reference_file they print sacreBLEU (detokenized) against it:
   python generate.py --workdir=/tmp/mt --prompt="A dog runs on the beach." --beam_size=4
 
 The tokenizer and model config are read from the checkpoint, never from the current config.
+`--workdir=hf:<dir>` decodes a Hugging Face folder (GPT-2, LLaMA, T5) imported by
+flaxlm.convert, with the tokenizer it ships.
 """
 
 import sys
@@ -28,7 +30,9 @@ from flaxlm.models import registry
 from flaxlm.pretraining import load_trained
 from flaxlm.sampling import SamplingConfig, sample_texts
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "a train.py workdir holding checkpoints/.")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "a train.py workdir holding checkpoints/, or hf:<Hugging Face folder>."
+)
 _PROMPT = flags.DEFINE_multi_string(
   "prompt", [""], "text to continue, or (encoder-decoder) to map; repeat it for several."
 )

@@ -24,8 +24,10 @@ Not run to completion here: this repository's machine has 2 CPU cores and no acc
 Expect (not measured here): nanoGPT's GPT-2 reproduction on OpenWebText reaches ~2.85
 validation loss after 600k steps of 0.5M tokens; this config runs 100k steps of 262k tokens.
 Tokenizer: a 32k SentencePiece BPE trained on the first use of the dataset.
-Data limit: the pipeline tokenizes the whole training split once, on first use, into a
-cached .npy in the workdir, so the corpus must fit in host RAM (streaming is not built yet).
+Data: process 0 tokenizes the training split once, on first use, streaming documents
+through one worker process per core into memory-mapped int32 token shards under
+<workdir>/data (64 MB each, with an index); every host then reads only its own rows of each
+global batch, so host memory does not grow with the corpus.
 """
 
 from flaxlm.config import default_config, model_preset

@@ -27,8 +27,10 @@ CPU's einsum attention holding the 2048 x 2048 scores that cuDNN does not: an es
 the GPU's, not a measurement on one.
 Not run here (2 CPU cores, no accelerator): no throughput or MFU figure for this config has
 been measured; MFU is reported live in the log (bench/accelerator.py measures it).
-Data limit: the pipeline tokenizes the whole training split once, on first use, into a
-cached .npy in the workdir, so the corpus must fit in host RAM (streaming is not built yet).
+Data: process 0 tokenizes the training split once, on first use, streaming documents
+through one worker process per core into memory-mapped int32 token shards under
+<workdir>/data (64 MB each, with an index); every host then reads only its own rows of each
+global batch, so host memory does not grow with the corpus.
 """
 
 from flaxlm.config import default_config, model_preset

@@ -95,10 +95,15 @@ def finetune(config, workdir: str) -> dict:
   return finetuning.train(ft, workdir, json)
 
 
-def load(workdir: str, mesh=None):
+def load(workdir: str, mesh=None, task: str = "", num_labels: int = 0, labels=None):
   """A trained workdir: a fine-tuning run's best model (`finetuning.Model`: task, trainable,
-  params, tokenizer), or a pretraining run's (trainable, params, tokenizer)."""
+  params, tokenizer), or a pretraining run's (trainable, params, tokenizer). 'hf:<dir>': a
+  Hugging Face model folder, imported (`flaxlm.convert.Imported`), or with `task` (and
+  `num_labels` or `labels` for a new head) a `Model` ready for `predict` and `evaluate`."""
   from flaxlm import finetuned, pretraining
+
+  if str(workdir).startswith("hf:"):
+    return finetuned.load_hf(str(workdir)[3:], task, num_labels, labels, mesh)
 
   if finetuned.workdir_kind(workdir) == "finetune":
     return finetuned.load(workdir, mesh)

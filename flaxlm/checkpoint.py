@@ -48,6 +48,10 @@ class Checkpointer:
         cleanup_tmp_directories=create,  # folders of saves that were killed mid-write
       ),
     )
+    # Orbax removes those folders in a background future that only its next save awaits; wait
+    # now, so that nothing (a listing, a resume) ever sees a half-written step.
+    if create and hasattr(self.manager, "_maybe_await_cleanup_tmp_directory"):
+      self.manager._maybe_await_cleanup_tmp_directory()
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

@@ -20,7 +20,7 @@ from flaxlm.data import formats, tokenizers
 from flaxlm.errors import CheckpointMismatchError, DataError, DataNotFoundError
 from flaxlm.finetuning import Model, build, data_name
 from flaxlm.models import registry
-from flaxlm.tasks import Columns, task_class
+from flaxlm.tasks import Columns, Task, task_class
 from flaxlm.workdir import Workdir
 
 
@@ -87,6 +87,53 @@ def load(workdir, mesh=None, columns: dict | None = None) -> Model:
   finally:
     ckpt.close()
   return Model(task, trainable, tokenizer, family, model_config, params)
+
+
+# Hugging Face task heads -> flaxlm task names (flaxlm.convert's `Imported.task`).
+HF_TASKS = {"sequence": "classification", "token": "token_classification", "span": "qa"}
+
+
+def load_hf(path: str, task: str = "", num_labels: int = 0, labels=None, mesh=None, seed=0):
+  """A Hugging Face model folder as flaxlm sees it. Without `task`: `flaxlm.convert.Imported`
+  (family, model_config, params, tokenizer; `.model()` is its module). With a flaxlm task
+  name: a `Model` that `predict`, `evaluate` and fine-tuning take, its head the checkpoint's
+  when the folder holds that task's head (labels from its config.json), else a fresh one
+  (seeded) over `labels` or `num_labels` classes."""
+  from flax import traverse_util
+
+  from flaxlm import transfer
+  from flaxlm.config_finetune import finetune_config, from_config_dict
+  from flaxlm.convert import load_hf as import_folder
+
+  imported = import_folder(path)
+  if not task:
+    return imported
+  cls = task_class(task)  # names the valid tasks when `task` is not one
+  same_head = HF_TASKS.get(imported.task or "") == task
+  if labels is None:
+    labels = imported.labels if same_head and imported.labels else None
+    labels = labels or [str(i) for i in range(num_labels)]
+  labelled = cls.fit_labels.__func__ is not Task.fit_labels.__func__  # the task has a label set
+  if labelled and not labels:
+    raise DataError(f"load('hf:{path}', task={task!r}) needs num_labels= or labels=")
+  labels = labels if labelled else None
+  c = finetune_config()
+  c.task.name = task
+  ft = from_config_dict(c)
+  mesh = mesh or sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  ft = dataclasses.replace(ft, mesh=dict(mesh.shape))
+  family = imported.family
+  task_obj = cls(ft.task, ft.columns, registry.family_of(family), imported.model_config,
+                 imported.tokenizer, list(labels) if labels else None)  # fmt: skip
+  trainable = build(task_obj, family, imported.model_config, ft, mesh)
+  pretrained = transfer.from_imported(imported, f"hf:{path}")
+  overrides = transfer.backbone_overrides(trainable.abstract_state.params, pretrained)
+  if same_head:  # the checkpoint's own head, where its shapes fit
+    want = traverse_util.flatten_dict(trainable.abstract_state.params)
+    have = traverse_util.flatten_dict(imported.params)
+    overrides |= {k: v for k, v in have.items() if k in want and want[k].shape == v.shape}
+  params = trainable.init_state(seed, overrides).params
+  return Model(task_obj, trainable, imported.tokenizer, family, imported.model_config, params)
 
 
 def _eval_batch_size(model: Model, requested: int) -> int:

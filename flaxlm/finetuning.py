@@ -72,7 +72,12 @@ def check(ft: FinetuneConfig, workdir: Workdir | None = None) -> None:
   if ft.init_from.startswith("hf:"):  # a Hugging Face model folder (flaxlm.convert)
     from flaxlm.convert import files
 
-    files.read_config(ft.init_from[len("hf:") :])
+    try:
+      files.read_config(ft.init_from[len("hf:") :])
+    except DataNotFoundError as e:
+      if not hint:
+        raise
+      raise DataNotFoundError(f"{e}; get it with: {hint}") from None
   elif ft.init_from:
     ckpts = Workdir(ft.init_from).checkpoints
     if not ckpts.exists() or not any(ckpts.iterdir()):
@@ -177,11 +182,17 @@ def build(task, family: str, model_config, ft: FinetuneConfig, mesh) -> Trainabl
 def _model_config(ft: FinetuneConfig, base, vocab_size: int, chars: int):
   """The backbone config: `base` (pretrained) with the run's runtime keys, or a fresh one."""
   if base is not None:
-    changed = {k: v for k, v in ft.model_overrides.items() if getattr(base, k) != v}
+    sized_by_data = ("vocab_size", "char_vocab_size")  # 0: from the tokenizer, as saved
+    changed = {
+      k: v
+      for k, v in ft.model_overrides.items()
+      if getattr(base, k) != v and not (k in sized_by_data and not v)
+    }
     fixed = sorted(set(changed) - set(registry.RUNTIME_KEYS))
     if fixed:
       raise ConfigError(
-        f"init_from fixes the architecture; model keys {fixed} differ from the checkpoint's "
+        f"the checkpoint (init_from's, or the run's being resumed) fixes the architecture; "
+        f"model keys {fixed} differ from the checkpoint's "
         f"{ {k: getattr(base, k) for k in fixed} } (only {list(registry.RUNTIME_KEYS)} may change)"
       )
     return dataclasses.replace(base, **changed)
@@ -228,8 +239,13 @@ def check_resume(meta: dict, ft: FinetuneConfig, directory) -> None:
     for k in RESUME_KEYS
     if getattr(saved, k) != getattr(ft, k)
   ]
-  if dataclasses.asdict(saved.task) != dataclasses.asdict(ft.task):
-    changed.append("task")
+  as_json = lambda task: json.loads(json.dumps(dataclasses.asdict(task)))  # tuples as lists
+  old_task, new_task = as_json(saved.task), as_json(ft.task)
+  changed += [
+    f"task.{k} ({old_task.get(k)!r} -> {new_task.get(k)!r})"
+    for k in sorted(old_task.keys() | new_task.keys())
+    if old_task.get(k) != new_task.get(k)
+  ]
   if saved.columns != ft.columns:
     changed.append("columns")
   if changed:

@@ -402,6 +402,8 @@ def load_trained(workdir: str | Workdir, mesh=None) -> tuple[Trainable, object, 
 
   The model family, model config, objective and tokenizer all come from the checkpoint's
   own metadata. `mesh` defaults to one device."""
+  if str(workdir).startswith("hf:"):
+    return _load_hf(str(workdir)[len("hf:") :], mesh)
   workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
   if not workdir.checkpoints.exists():
     raise DataNotFoundError(
@@ -431,6 +433,31 @@ def load_trained(workdir: str | Workdir, mesh=None) -> tuple[Trainable, object, 
   finally:
     ckpt.close()
   return trainable, restored[1].params, tokenizer
+
+
+def _load_hf(path: str, mesh=None):
+  """(trainable, params, tokenizer) of a Hugging Face folder, as `load_trained` gives a
+  workdir's: the imported model under its family's default objective."""
+  from flaxlm.convert import load_hf
+
+  imported = load_hf(path)
+  if imported.task or imported.tokenizer is None:
+    what = f"a {imported.task} task model" if imported.task else "no tokenizer files"
+    raise CheckpointMismatchError(
+      f"hf:{path} holds {what}; generation needs a language model with its tokenizer"
+    )
+  mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  family = registry.family_of(imported.family)
+  meta = {
+    "model_family": imported.family,
+    "model": dataclasses.asdict(imported.model_config),
+    "objective": family.objective,
+  }
+  trainable = build(
+    saved_run(meta, sharding.data_parallel_size(mesh)), imported.tokenizer.vocab_size, mesh
+  )
+  params = jax.device_put(imported.params, trainable.state_shardings.params)
+  return trainable, params, imported.tokenizer
 
 
 def saved_run(meta: dict, batch_size: int = 1) -> RunConfig:

@@ -28,11 +28,12 @@ class SamplingConfig:
   top_k: int = 0  # 0 = off
   top_p: float = 1.0  # 1 = off
   eos_id: int | None = None  # after EOS a row keeps emitting EOS; all rows ended: stop
+  vocab_size: int = 0  # > 0: ids from here on (the model's padding rows) are never chosen
 
 
 def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
   """Sets logits outside the top-k / top-p set to -inf. logits: (B, V)."""
-  if top_k:
+  if top_k and top_k < logits.shape[-1]:  # k as large as the vocabulary keeps every token
     kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   if top_p < 1.0:
@@ -47,8 +48,17 @@ def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
   return logits
 
 
+def without_padded_vocab(logits: jax.Array, vocab_size: int) -> jax.Array:
+  """logits (..., V) with ids from `vocab_size` on at -inf: the rows a model's vocabulary is
+  padded with past the tokenizer's decode to nothing. `vocab_size` 0 leaves them."""
+  if 0 < vocab_size < logits.shape[-1]:
+    logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
+  return logits
+
+
 def choose(logits: jax.Array, rng: jax.Array, c: SamplingConfig) -> jax.Array:
   """Next token ids (B,) from last-position logits (B, V)."""
+  logits = without_padded_vocab(logits, c.vocab_size)
   if c.temperature == 0.0:
     return jnp.argmax(logits, axis=-1)
   logits = filter_logits(logits / c.temperature, c.top_k, c.top_p)
@@ -161,6 +171,8 @@ def sample_texts(
     )
   if tokenizer.eos_id is not None and config.eos_id is None:
     config = dataclasses.replace(config, eos_id=tokenizer.eos_id)
+  if not config.vocab_size:
+    config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size)
   rows = [x for x in ids for _ in range(num_samples)]
   lengths = np.array([len(x) for x in rows], np.int32)
   batch = np.zeros((len(rows), longest), np.int32)
@@ -201,7 +213,9 @@ def complete(
   """Greedy continuations (decoded text, up to EOS) of token-id prompts, in order, decoded in
   batches of right-padded prompts (widths rounded up to a power of two times 16, so a few
   programs compile)."""
-  config = SamplingConfig(max_new_tokens, temperature=0.0, eos_id=tokenizer.eos_id)
+  config = SamplingConfig(
+    max_new_tokens, temperature=0.0, eos_id=tokenizer.eos_id, vocab_size=tokenizer.vocab_size
+  )
   out: list[str] = []
   for first in range(0, len(prompts), batch_size):
     chunk = prompts[first : first + batch_size]

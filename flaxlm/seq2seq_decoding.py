@@ -18,7 +18,7 @@ import numpy as np
 from flaxlm import beam_search as beam
 from flaxlm.errors import DataError
 from flaxlm.objectives.text_to_text import seq2seq_ids
-from flaxlm.sampling import SamplingConfig, choose
+from flaxlm.sampling import SamplingConfig, choose, without_padded_vocab
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +79,10 @@ def decode(model, params, inputs, input_segments, rng, config: DecodeConfig, sta
     cache = init_cache(model, params, encoded, input_segments, length)
 
     def step(cache, tokens, position):
-      return _decoder_call(model, params, cache, encoded, input_segments, tokens, position, length)
+      logits, cache = _decoder_call(
+        model, params, cache, encoded, input_segments, tokens, position, length
+      )
+      return without_padded_vocab(logits, config.sampling.vocab_size), cache  # never a beam
 
     batch_axis = 1 if model.config.scan_layers else 0  # nn.scan stacks layers first
     tokens, _ = beam.beam_search(
@@ -129,6 +132,9 @@ def translate(
 ) -> list[str]:
   """Source texts -> decoded target texts, in order, in fixed-shape batches (one compile)."""
   start_id, eos_id, pad_id = seq2seq_ids(tokenizer, "seq2seq")
+  if not config.sampling.vocab_size:
+    sampling = dataclasses.replace(config.sampling, vocab_size=tokenizer.vocab_size)
+    config = dataclasses.replace(config, sampling=sampling)
   model = trainable.model
   c = model.config
   if c.position in ("learned", "sinusoidal") and config.max_len > c.max_len:

@@ -39,10 +39,7 @@ def load(init_from: str, mesh, hint: str = "") -> Pretrained:
   if init_from.startswith("hf:"):
     from flaxlm.convert import load_hf
 
-    imported = load_hf(init_from[len("hf:") :])
-    return Pretrained(
-      imported.family, imported.model_config, imported.tokenizer, imported.backbone, init_from
-    )
+    return from_imported(load_hf(init_from[len("hf:") :]), init_from)
 
   workdir = Workdir(init_from)
   if not workdir.checkpoints.exists() or not any(workdir.checkpoints.iterdir()):
@@ -53,11 +50,21 @@ def load(init_from: str, mesh, hint: str = "") -> Pretrained:
   return Pretrained(family.name, trainable.model.config, tokenizer, params, str(workdir.path))
 
 
+def from_imported(imported, source: str) -> Pretrained:
+  """The backbone of a Hugging Face folder imported by `flaxlm.convert.load_hf`."""
+  return Pretrained(
+    imported.family, imported.model_config, imported.tokenizer, imported.backbone, source
+  )
+
+
 def backbone_overrides(abstract_params: dict, pretrained: Pretrained) -> dict:
   """{flattened path in the task model: pretrained array} for every backbone parameter.
 
   Raises with the missing and mismatched paths; logs the unused pretraining parameters."""
-  want = traverse_util.flatten_dict(abstract_params["backbone"])
+  # A task with a head nests the backbone under 'backbone'; a generative task (seq2seq, SFT)
+  # trains the pretrained model itself, language-model head included.
+  prefix = ("backbone",) if "backbone" in abstract_params else ()
+  want = traverse_util.flatten_dict(abstract_params["backbone"] if prefix else abstract_params)
   have = traverse_util.flatten_dict(pretrained.params)
   missing = sorted("/".join(k) for k in want if k not in have)
   mismatched = sorted(
@@ -74,7 +81,7 @@ def backbone_overrides(abstract_params: dict, pretrained: Pretrained) -> dict:
     )
   if unused:
     log.info("init_from: %d pretraining parameters not used by the task: %s", len(unused), unused)
-  return {("backbone", *k): have[k] for k in want}
+  return {(*prefix, *k): have[k] for k in want}
 
 
 def all_params(pretrained: Pretrained) -> dict:

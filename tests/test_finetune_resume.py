@@ -17,10 +17,31 @@ STEPS = ("--config.num_train_steps=40", "--config.checkpoint_every=5", "--config
          "--config.eval_every=20", "--config.batch_size=8", "--config.eval_batch_size=8")  # fmt: skip
 
 
+# A BiLSTM config for a task that no shipped LSTM config has (a config's task block holds
+# that task's keys, so --config.task.name cannot switch a block to another task).
+LSTM_CONFIG = """
+from flaxlm.config_finetune import finetune_config, task_block, with_model_preset
+
+def get_config():
+  c = finetune_config()
+  with_model_preset(c, "lstm", "bilstm")
+  c.tokenizer.kind = "word"
+  c.task = task_block({task!r})
+  return c
+"""
+
+
+def lstm_args(tmp, task: str = "") -> list[str]:
+  config = "--config=configs/finetune_sst2_lstm.py"
+  if task:
+    config = "--config=" + files(tmp, f"{task}_lstm.py", LSTM_CONFIG.format(task=task))
+  return [config, "--config.model.embed_dim=16", "--config.model.hidden_dim=16",
+          "--config.num_epochs=0", "--config.model.dropout_rate=0.1"]  # fmt: skip
+
+
 def task_args(tmp, task: str) -> list[str]:
   """A tiny model and generated data for each task kind."""
-  lstm = ["--config=configs/finetune_sst2_lstm.py", "--config.model.embed_dim=16",
-          "--config.model.hidden_dim=16", "--config.num_epochs=0", "--config.model.dropout_rate=0.1"]  # fmt: skip
+  lstm = lstm_args(tmp, "" if task == "classification" else task)
   if task == "classification":
     text = "label\ttext\n" + "".join(
       f"{i % 2}\t{'good' if i % 2 else 'bad'} film {i}\n" for i in range(64)
@@ -35,7 +56,7 @@ def task_args(tmp, task: str) -> list[str]:
   if task == "token_classification":
     text = "".join(f"Anna{i} B-PER\nsaw O\nBerlin B-LOC\n\n" for i in range(64))
     data = "conll:" + files(tmp, "n.txt", text)
-    return [*lstm, "--config.task.name=token_classification", f"--config.train_data={data}",
+    return [*lstm, f"--config.train_data={data}",
             f"--config.eval_data={data}", "--config.drop_duplicates=false"]  # fmt: skip
   if task == "qa":
     context = "The bridge was built in 1893 and carries the market road."
@@ -43,7 +64,7 @@ def task_args(tmp, task: str) -> list[str]:
            "answers": [{"text": "1893", "answer_start": context.index("1893")}]} for i in range(64)]  # fmt: skip
     jsonl = json.dumps({"data": [{"paragraphs": [{"context": context, "qas": qa}]}]})
     data = "squad:" + files(tmp, "q.json", jsonl)
-    return [*lstm, "--config.task.name=qa", "--config.task.max_len=48", "--config.task.doc_stride=16",
+    return [*lstm, "--config.task.max_len=48", "--config.task.doc_stride=16",
             "--config.task.max_question_len=8", f"--config.train_data={data}", f"--config.eval_data={data}"]  # fmt: skip
   rows_ = "".join(json.dumps(p) + "\n" for p in pairs(64, 0))
   data = "jsonl:" + files(tmp, "s.jsonl", rows_)

@@ -107,3 +107,20 @@ def test_chinese_answers_get_character_level_partial_credit():
   assert out["exact_match"] == 0.0
   assert out["f1"] == pytest.approx(100 * 2 * (2 / 3) * 1 / (2 / 3 + 1))
   assert metrics.normalize_answer("“北京”。") == "北京"
+
+
+def test_an_answer_start_a_few_characters_off_is_realigned():
+  """Real files (CMRC 2018: 8 of 4,221 answers) state answer_start a few characters off: the
+  occurrence nearest the stated start is taken; an answer the passage lacks fails by name."""
+  from flaxlm.errors import DataError
+
+  tok = word_tokenizer([CONTEXT, "what does the bridge carry"])
+  task = qa_task(tok, max_len=64, doc_stride=16, max_question_len=6)
+  right = record("what does the bridge carry", "the market road")
+  off = {**right, "answers": [{"text": "the market road", "answer_start": right["answers"][0]["answer_start"] + 3}]}  # fmt: skip
+  gold = [(int(w["start"]), int(w["end"])) for w in task.examples(right)]
+  assert [(int(w["start"]), int(w["end"])) for w in task.examples(off)] == gold
+  assert any(s > 0 for s, _ in gold)
+  absent = {**right, "answers": [{"text": "a ferry boat", "answer_start": 3}]}
+  with pytest.raises(DataError, match=r"test:1: answer 'a ferry boat' does not occur"):
+    task.examples(absent)

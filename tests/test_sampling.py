@@ -237,7 +237,7 @@ def test_sample_text_decodes_the_greedy_continuation():
   texts = sampling.sample_text(trainable, params, CHARS, "abcd", GREEDY, num_samples=B)
   assert isinstance(texts, list) and len(texts) == B and len(set(texts)) == 1
   prompt = jnp.asarray([CHARS.encode("abcd")] * B, jnp.int32)
-  out = generate(LEARNED, prompt, GREEDY)
+  out = generate(LEARNED, prompt, dataclasses.replace(GREEDY, vocab_size=CHARS.vocab_size))
   assert texts[0] == CHARS.decode(out[0, P:])
 
 
@@ -361,3 +361,14 @@ def test_sample_texts_decodes_several_prompts_in_one_batch():
   for prompt, (text,) in zip(["abcd", "ab", "abc"], texts, strict=True):
     alone = sampling.sample_text(trainable, params, CHARS, prompt, GREEDY)
     assert text == alone
+
+
+def test_padding_rows_of_the_vocabulary_are_never_chosen():
+  """A model's vocabulary is padded past the tokenizer's (pad_vocab_to); those ids decode to
+  nothing, so greedy and sampled choices stay below the tokenizer's vocab_size."""
+  logits = jnp.array([[0.0, 1.0, 2.0, 9.0, 9.0]])  # ids 3 and 4 are padding rows
+  greedy = sampling.SamplingConfig(temperature=0.0, vocab_size=3)
+  assert int(sampling.choose(logits, jax.random.PRNGKey(0), greedy)[0]) == 2
+  sampled = sampling.SamplingConfig(temperature=1.0, vocab_size=3)
+  picks = [int(sampling.choose(logits, jax.random.PRNGKey(i), sampled)[0]) for i in range(50)]
+  assert max(picks) < 3

