@@ -27,7 +27,7 @@ from absl import flags
 from flaxlm import cli, finetuned, seq2seq_decoding
 from flaxlm.errors import DataError
 from flaxlm.models import registry
-from flaxlm.pretraining import load_trained
+from flaxlm.pretrained import load_trained
 from flaxlm.sampling import SamplingConfig, sample_texts
 
 _WORKDIR = flags.DEFINE_string(

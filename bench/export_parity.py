@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from flaxlm import pretraining  # noqa: E402
+from flaxlm import pretrained  # noqa: E402
 from flaxlm.models import registry  # noqa: E402
 from flaxlm.objectives.text_to_text import seq2seq_ids  # noqa: E402
 
@@ -109,7 +109,7 @@ def logits_pair(family: str, model, params, hf, x: dict) -> list[tuple[np.ndarra
 
 def check(workdir: str, out: str, sentences: list[str]) -> dict:
   export(workdir, out)
-  trainable, params, tokenizer = pretraining.load_trained(workdir)
+  trainable, params, tokenizer = pretrained.load_trained(workdir)
   family = registry.family_of_model(trainable.model).name
   config = dataclasses.replace(trainable.model.config, dtype="float32")  # compare in f32
   model = registry.build_model(family, config)

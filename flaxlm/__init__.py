@@ -100,14 +100,14 @@ def load(workdir: str, mesh=None, task: str = "", num_labels: int = 0, labels=No
   params, tokenizer), or a pretraining run's (trainable, params, tokenizer). 'hf:<dir>': a
   Hugging Face model folder, imported (`flaxlm.convert.Imported`), or with `task` (and
   `num_labels` or `labels` for a new head) a `Model` ready for `predict` and `evaluate`."""
-  from flaxlm import finetuned, pretraining
+  from flaxlm import finetuned, pretrained
 
   if str(workdir).startswith("hf:"):
     return finetuned.load_hf(str(workdir)[3:], task, num_labels, labels, mesh)
 
   if finetuned.workdir_kind(workdir) == "finetune":
     return finetuned.load(workdir, mesh)
-  return pretraining.load_trained(workdir, mesh)
+  return pretrained.load_trained(workdir, mesh)
 
 
 def predict(model, records: list[dict], batch_size: int = 32) -> list[dict]:

@@ -13,12 +13,12 @@ import json
 
 import jax
 
-from flaxlm import evaluation, sharding
+from flaxlm import evaluation, reporting, sharding
 from flaxlm.checkpoint import Checkpointer
 from flaxlm.config_finetune import from_saved
 from flaxlm.data import formats, tokenizers
 from flaxlm.errors import CheckpointMismatchError, DataError, DataNotFoundError
-from flaxlm.finetuning import Model, build, data_name
+from flaxlm.finetuning import Model, build
 from flaxlm.models import registry
 from flaxlm.tasks import Columns, Task, task_class
 from flaxlm.workdir import Workdir
@@ -153,9 +153,7 @@ def evaluate(workdir, eval_data: str, columns: dict | None = None, batch_size: i
   data = evaluation.eval_set(model.task, records, _eval_batch_size(model, batch_size), width)
   metrics = evaluation.evaluate(model.task, model.trainable, model.params, data, generate=True)
   workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
-  if jax.process_index() == 0:
-    name = data_name(eval_data)
-    (workdir.path / f"eval_{name}.json").write_text(json.dumps(metrics, indent=1) + "\n")
+  reporting.write_eval_report(workdir, reporting.data_name(eval_data), metrics, model.task.labels)
   return metrics
 
 

@@ -357,8 +357,10 @@ def train(
   final = evaluation.evaluate(
     task, trainable, best_params if best_params is not None else params, dev, generate=True
   )
-  name = "dev" if records else data_name(ft.eval_data or ft.train_data)
-  write_report(workdir, name, final, task)
+  name = "dev" if records else reporting.data_name(ft.eval_data or ft.train_data)
+  reporting.write_eval_report(workdir, name, final, task.labels)
+  if jax.process_index() == 0:
+    reporting.plot_learning_curve(workdir, task.metric_for(task.config))
   out.update(final)
   out.update(model=Model(task, trainable, tokenizer, family, model_config, params))
   return out
@@ -377,25 +379,6 @@ def _log_model(trainable: Trainable, family: str, n_train: int, n_dev: int) -> N
     n_dev,
     dict(trainable.mesh.shape),
   )
-
-
-def data_name(spec: str) -> str:
-  """'tsv:../sst2/dev.tsv' -> 'dev' (names eval_<name>.json)."""
-  base = spec.partition(":")[2].rstrip("/").split("/")[-1].split(":")[0]
-  return base.rsplit(".", 1)[0] if "." in base else base or "data"
-
-
-def write_report(workdir: Workdir, name: str, metrics: dict, task) -> None:
-  """eval_<name>.json, and the plots: the learning curve, and for classification the
-  confusion matrix."""
-  if jax.process_index() != 0:
-    return
-  (workdir.path / f"eval_{name}.json").write_text(json.dumps(metrics, indent=1) + "\n")
-  reporting.plot_learning_curve(workdir, task.metric_for(task.config))
-  if "eval_confusion_matrix" in metrics and task.labels:
-    reporting.plot_confusion_matrix(
-      workdir.path / f"confusion_{name}.png", metrics["eval_confusion_matrix"], task.labels
-    )
 
 
 def restore_params(directory, trainable: Trainable):

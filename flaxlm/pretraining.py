@@ -21,7 +21,7 @@ from flaxlm import attention, loop, objectives, reporting, sharding, transfer, v
 from flaxlm.checkpoint import Checkpointer
 from flaxlm.config import RunConfig, from_saved
 from flaxlm.data import corpus, pipeline, tokenizers
-from flaxlm.errors import CheckpointMismatchError, ConfigError, DataNotFoundError
+from flaxlm.errors import CheckpointMismatchError, ConfigError
 from flaxlm.models import registry
 from flaxlm.training import Trainable, token_init
 from flaxlm.workdir import Workdir, WorkdirLock
@@ -395,90 +395,6 @@ REPORTS = {"decoder": _sample_report, "encdec": _example_report, "encoder": _mas
 def end_of_run_report(run: RunConfig, result: dict) -> str | None:
   """A sample (decoders), or a held-out example with the model's prediction."""
   return REPORTS[registry.family_of(run.model_family).kind](run, result)
-
-
-def load_trained(workdir: str | Workdir, mesh=None) -> tuple[Trainable, object, object]:
-  """(trainable, params, tokenizer) from the newest checkpoint of a pretraining workdir.
-
-  The model family, model config, objective and tokenizer all come from the checkpoint's
-  own metadata. `mesh` defaults to one device."""
-  if str(workdir).startswith("hf:"):
-    return _load_hf(str(workdir)[len("hf:") :], mesh)
-  workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
-  if not workdir.checkpoints.exists():
-    raise DataNotFoundError(
-      f"no checkpoint in {workdir.checkpoints}; train one first: "
-      f"python train.py --config=configs/gpt_tiny.py --workdir={workdir}"
-    )
-  ckpt = Checkpointer(workdir.checkpoints, async_save=False, create=False)
-  try:
-    meta = ckpt.restore_meta()
-    if meta is None:
-      raise DataNotFoundError(
-        f"no checkpoint in {ckpt.directory}; train one first: "
-        f"python train.py --config=configs/gpt_tiny.py --workdir={workdir}"
-      )
-    if meta.get("kind", "pretraining") != "pretraining":
-      raise CheckpointMismatchError(
-        f"{workdir} holds a fine-tuned {meta.get('task', {}).get('name')} model; load it with "
-        "flaxlm.load or python finetune.py --mode=evaluate"
-      )
-    mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    run = saved_run(meta, sharding.data_parallel_size(mesh))
-    tokenizer = tokenizers.tokenizer_from_json(meta["tokenizer"])
-    trainable = build(run, tokenizer.vocab_size, mesh)
-    restored = ckpt.restore(trainable.abstract_state)
-    if restored is None:
-      raise CheckpointMismatchError(f"no readable checkpoint in {ckpt.directory}")
-  finally:
-    ckpt.close()
-  return trainable, restored[1].params, tokenizer
-
-
-def _load_hf(path: str, mesh=None):
-  """(trainable, params, tokenizer) of a Hugging Face folder, as `load_trained` gives a
-  workdir's: the imported model under its family's default objective."""
-  from flaxlm.convert import load_hf
-
-  imported = load_hf(path)
-  if imported.task or imported.tokenizer is None:
-    what = f"a {imported.task} task model" if imported.task else "no tokenizer files"
-    raise CheckpointMismatchError(
-      f"hf:{path} holds {what}; generation needs a language model with its tokenizer"
-    )
-  mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-  family = registry.family_of(imported.family)
-  meta = {
-    "model_family": imported.family,
-    "model": dataclasses.asdict(imported.model_config),
-    "objective": family.objective,
-  }
-  trainable = build(
-    saved_run(meta, sharding.data_parallel_size(mesh)), imported.tokenizer.vocab_size, mesh
-  )
-  params = jax.device_put(imported.params, trainable.state_shardings.params)
-  return trainable, params, imported.tokenizer
-
-
-def saved_run(meta: dict, batch_size: int = 1) -> RunConfig:
-  """The RunConfig a checkpoint was written with, its model family, model and objective taken
-  from the checkpoint's own metadata (not from a config that may be missing or older)."""
-  family = meta["model_family"]
-  config = dict(meta.get("config") or {})
-  config.update(
-    model_family=family,
-    model=meta["model"],
-    objective=meta.get("objective", config.get("objective", "")),
-  )
-  run = from_saved(config)
-  return dataclasses.replace(
-    run,
-    model=registry.model_config(family, meta["model"]),
-    batch_size=batch_size,
-    eval_batch_size=batch_size,
-    mesh={"data": 1, "fsdp": 1, "tensor": 1},
-    step=dataclasses.replace(run.step, accum_steps=1),
-  )
 
 
 def dump_config_json(c) -> dict:

@@ -273,3 +273,21 @@ def plot_confusion_matrix(path, matrix: list[list[int]], labels: list[str]) -> N
   with path.open("wb") as f:
     fig.savefig(f, dpi=100)
   plt.close(fig)
+
+
+def data_name(spec: str) -> str:
+  """'tsv:../sst2/dev.tsv' -> 'dev' (names eval_<name>.json)."""
+  base = spec.partition(":")[2].rstrip("/").split("/")[-1].split(":")[0]
+  return base.rsplit(".", 1)[0] if "." in base else base or "data"
+
+
+def write_eval_report(workdir: Workdir, name: str, metrics: dict, labels=None) -> None:
+  """<workdir>/eval_<name>.json, and confusion_<name>.png when the metrics hold a confusion
+  matrix over `labels` (classification)."""
+  if jax.process_index() != 0:
+    return
+  (workdir.path / f"eval_{name}.json").write_text(json.dumps(metrics, indent=1) + "\n")
+  if "eval_confusion_matrix" in metrics and labels:
+    plot_confusion_matrix(
+      workdir.path / f"confusion_{name}.png", metrics["eval_confusion_matrix"], labels
+    )

@@ -34,7 +34,7 @@ class Pretrained:
 def load(init_from: str, mesh, hint: str = "") -> Pretrained:
   """The pretrained backbone named by `init_from` (a pretraining workdir, or 'hf:<dir>': a
   Hugging Face model folder, imported by flaxlm.convert), on `mesh`."""
-  from flaxlm import pretraining
+  from flaxlm.pretrained import load_trained
 
   if init_from.startswith("hf:"):
     from flaxlm.convert import load_hf
@@ -45,7 +45,7 @@ def load(init_from: str, mesh, hint: str = "") -> Pretrained:
   if not workdir.checkpoints.exists() or not any(workdir.checkpoints.iterdir()):
     fix = f"; create it with: {hint}" if hint else "; train one with train.py first"
     raise DataNotFoundError(f"init_from={init_from!r} holds no pretraining checkpoint{fix}")
-  trainable, params, tokenizer = pretraining.load_trained(workdir, mesh)
+  trainable, params, tokenizer = load_trained(workdir, mesh)
   family = registry.family_of_model(trainable.model)
   return Pretrained(family.name, trainable.model.config, tokenizer, params, str(workdir.path))
 

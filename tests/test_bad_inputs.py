@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from flaxlm import config_finetune, errors, finetuning, pretraining
+from flaxlm import config_finetune, errors, finetuning, pretrained, pretraining
 from flaxlm.checkpoint import Checkpointer
 from flaxlm.config import default_config, from_config_dict
 from flaxlm.errors import FlaxlmError
@@ -311,7 +311,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(trained, tmp_path
 def test_prompt_longer_than_max_len(trained):
   from flaxlm.sampling import SamplingConfig, sample_text
 
-  trainable, params, tokenizer = pretraining.load_trained(trained[0])
+  trainable, params, tokenizer = pretrained.load_trained(trained[0])
   with pytest.raises(errors.DataError) as info:
     sample_text(trainable, params, tokenizer, "x" * 40, SamplingConfig(max_new_tokens=4))
   assert_one_line(info.value, "exceeds the model's max_len=32")
@@ -378,7 +378,7 @@ def test_init_from_continues_pretraining_from_a_checkpoint(trained, tmp_path, mo
   import numpy as np
 
   source, tfds = trained
-  _, want, tokenizer = pretraining.load_trained(source)
+  _, want, tokenizer = pretrained.load_trained(source)
   seen = {}
   real = pretraining.Trainable.init_state
 

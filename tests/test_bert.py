@@ -215,7 +215,7 @@ def test_mlm_needs_special_tokens():
     objectives.make_objective("mlm", plain, masking=MaskingConfig(), seq_len=T)
 
 
-@pytest.mark.parametrize("axes", [(2, 2, 2), (1, 4, 2)])
+@pytest.mark.parametrize("axes", [pytest.param((2, 2, 2), marks=pytest.mark.slow), (1, 4, 2)])
 def test_sharded_mlm_steps_equal_single_device(axes, sharded_equals_single_device):
   """Three MLM steps (with dropout, scanned layers) on a mesh equal the 1-device steps."""
   model = bert.Bert(dataclasses.replace(TINY, scan_layers=True, dropout_rate=0.1))

@@ -10,6 +10,9 @@ import pytest
 from flaxlm import cli
 from flaxlm.checkpoint import Checkpointer
 
+# ~2 minutes of subprocesses (each imports JAX): CI runs them; the default suite stays < 15 min.
+pytestmark = pytest.mark.slow
+
 
 @dataclasses.dataclass
 class Result:

@@ -717,7 +717,7 @@ def test_finetune_from_hf_then_export_cli(tmp_path):
 def test_pretraining_workdir_export_cli(tmp_path):
   """A flaxlm-pretrained GPT (byte tokenizer) exported by the CLI: GPT2LMHeadModel with
   flaxlm's logits, and a tokenizer transformers reads with flaxlm's ids."""
-  from flaxlm import pretraining
+  from flaxlm import pretrained, pretraining
   from flaxlm.config import default_config, from_config_dict
   from flaxlm.convert.__main__ import main
 
@@ -738,7 +738,7 @@ def test_pretraining_workdir_export_cli(tmp_path):
   )
   pretraining.train(from_config_dict(c), tmp_path / "workdir")
   main(["export", str(tmp_path / "workdir"), str(tmp_path / "out")])
-  trainable, params, tokenizer = pretraining.load_trained(tmp_path / "workdir")
+  trainable, params, tokenizer = pretrained.load_trained(tmp_path / "workdir")
   hf = _loads_cleanly("GPT2LMHeadModel", tmp_path / "out")
   theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
   text = "Hello, wörld! 中文"
@@ -779,7 +779,7 @@ def test_generate_from_an_imported_gpt2(corpus, tmp_path, scripts):
   from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
   from flaxlm import sampling
-  from flaxlm.pretraining import load_trained
+  from flaxlm.pretrained import load_trained
 
   tok = Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -278,6 +278,7 @@ def test_load_corpus_caches_and_reuses_tokenizer(tmp_path, monkeypatch):
   assert len(rebuilt.train) + len(rebuilt.validation) == len("a different corpus " * 50) + 1
 
 
+@pytest.mark.slow  # CI runs it; the default suite stays under 15 minutes
 def test_trainer_never_feeds_validation_tokens(tmp_path, monkeypatch):
   """What the training loop actually feeds: with the held-out tail made of characters the rest
   of the corpus lacks, no training batch contains one."""

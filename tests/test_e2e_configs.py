@@ -17,7 +17,7 @@ import pytest
 from test_configs import CONFIGS, load
 
 from flaxlm import seq2seq_decoding
-from flaxlm.pretraining import load_trained
+from flaxlm.pretrained import load_trained
 
 pytestmark = pytest.mark.slow
 PRETRAINING = [p for p in CONFIGS if not p.stem.startswith("finetune_")]

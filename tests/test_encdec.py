@@ -144,7 +144,7 @@ def test_pack_pairs_segments_positions_and_overflow():
   np.testing.assert_array_equal(long["inputs"], [30, 31, 32, 33, 34, EOS])  # cut, EOS kept
 
 
-@pytest.mark.parametrize("name", ["t5", "vaswani"])
+@pytest.mark.parametrize("name", [pytest.param("t5", marks=pytest.mark.slow), "vaswani"])
 def test_packed_rows_equal_separate_examples(name):
   """Segment ids keep packed pairs apart in encoder, decoder and cross-attention, and
   positions restart per pair: a packed row gives each pair's logits exactly."""
@@ -177,7 +177,7 @@ def test_encoder_is_bidirectional_and_decoder_causal():
   assert jnp.abs(later[0, 5:] - logits[0, 5:]).max() > 1e-4
 
 
-@pytest.mark.parametrize("name", ["t5", "vaswani"])
+@pytest.mark.parametrize("name", [pytest.param("t5", marks=pytest.mark.slow), "vaswani"])
 def test_cross_attention_ignores_source_padding(name):
   model, params = init(name)
   src, tgt = random_tokens(2, (2, 10)), random_tokens(3, (2, 6))
@@ -192,7 +192,12 @@ def test_cross_attention_ignores_source_padding(name):
 # ----------------------------------------------------------------------------- decoding
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+SLOW_VARIANTS = ("t5", "vaswani_scan")  # CI runs them; the default suite stays under 15 minutes
+
+
+@pytest.mark.parametrize(
+  "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_VARIANTS else n for n in VARIANTS]
+)
 def test_cached_decoding_equals_full_forward(name):
   """Token-by-token decoding with the self-attention KV cache and the cached cross-attention
   keys/values gives the teacher-forced logits."""
@@ -229,6 +234,7 @@ def test_beam_one_equals_greedy(name):
   np.testing.assert_array_equal(beam1, greedy)
 
 
+@pytest.mark.slow  # CI runs it; the default suite stays under 15 minutes
 def test_beam_search_scores_at_least_greedy():
   """A wider beam finds hypotheses at least as likely as greedy's (alpha 0: raw log-prob)."""
   model, params = init("t5")
@@ -330,7 +336,7 @@ def seq2seq_batch(b=8):
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-@pytest.mark.parametrize("axes", [(2, 2, 2), (1, 4, 2)])
+@pytest.mark.parametrize("axes", [pytest.param((2, 2, 2), marks=pytest.mark.slow), (1, 4, 2)])
 def test_sharded_t5_steps_equal_single_device(axes, sharded_equals_single_device):
   """Three seq2seq steps of T5 (dropout on, relative bias, scanned layers, packed pairs) on a
   mesh equal the 1-device steps."""

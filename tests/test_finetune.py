@@ -14,6 +14,7 @@ from flaxlm import config_finetune, finetuned, finetuning, pretraining, sharding
 from flaxlm.config import default_config, from_config_dict
 from flaxlm.data import tokenizers
 from flaxlm.models import registry
+from flaxlm.pretrained import load_trained
 from flaxlm.tasks import Columns, metrics, task_class
 from flaxlm.tasks.base import encode_inputs
 
@@ -199,7 +200,9 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
   ]
 
 
-@pytest.mark.parametrize("task_name", ["classification", "token_classification"])
+@pytest.mark.parametrize(
+  "task_name", [pytest.param("classification", marks=pytest.mark.slow), "token_classification"]
+)
 def test_sharded_finetuning_equals_one_device(task_name, sharded_equals_single_device):
   """A task model's steps on a 2 x 2 x 2 mesh give the losses and parameters of one device:
   a small BERT backbone with a sequence head, and with a token head."""
@@ -282,7 +285,7 @@ def bert_finetune(tmp, workdir, **overrides):
 def test_pretrained_backbone_is_restored_bit_for_bit(bert_workdir, tmp_path):
   """init_from puts the pretraining checkpoint's parameters under 'backbone' unchanged (its MLM
   head is left out); the task head is new; the tokenizer is the checkpoint's."""
-  _, pretrained, tokenizer = pretraining.load_trained(bert_workdir)
+  _, pretrained, tokenizer = load_trained(bert_workdir)
   c = bert_finetune(tmp_path, bert_workdir, num_train_steps=0)
   ft = config_finetune.from_config_dict(c)
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
@@ -312,7 +315,7 @@ def test_frozen_backbone_gets_no_gradient_or_optimizer_state(bert_workdir, tmp_p
   c = bert_finetune(tmp_path, bert_workdir, num_train_steps=6, eval_every=0, freeze_backbone=True)
   result = finetuning.train(config_finetune.from_config_dict(c), tmp_path / "workdir")
   model = result["model"]
-  _, pretrained, _ = pretraining.load_trained(bert_workdir)
+  _, pretrained, _ = load_trained(bert_workdir)
   trained = jax.device_get(model.params)
   jax.tree.map(
     np.testing.assert_array_equal,
@@ -343,6 +346,7 @@ def test_layer_decay_scales_updates_by_depth():
 # --- other tasks and families -----------------------------------------------------------------
 
 
+@pytest.mark.slow  # CI runs it; the default suite stays under 15 minutes
 def test_regression_multilabel_pairs_relation_and_decoder_heads(tmp_path):
   """One short run each: a number (pearson), a set of labels, text pairs, a relation between
   marked spans, and a GPT backbone classifying at its last token."""

@@ -125,6 +125,7 @@ def seq2seq_config(tmp, family="encdec", task="seq2seq", **overrides):
 
 
 @pytest.mark.parametrize("family, task", [("encdec", "seq2seq"), ("gpt", "sft")])
+@pytest.mark.slow  # CI runs it; the default suite stays under 15 minutes
 def test_generation_tasks_train_score_and_predict_like_generate(family, task, tmp_path):
   """A short run ends with ROUGE / BLEU of generated text; predicting again from the saved
   workdir writes exactly the text the final evaluation scored."""

@@ -247,6 +247,7 @@ def test_scan_layers_equals_unrolled_grads():
   assert all(np.abs(g).max() > 0 for g in jax.tree.leaves(grads_u["layers_1"]))
 
 
+@pytest.mark.slow  # CI runs it; the default suite stays under 15 minutes
 def test_remat_policies_give_identical_loss_and_grads():
   """Rematerialization changes what the backward pass stores, never what it computes (scanned
   LLaMA-style layers, as the llama_1b preset runs them)."""

@@ -262,7 +262,7 @@ def ragged_prompts(pad_side: str):
 
 @pytest.mark.parametrize(
   "config,pad_side",
-  [(LEARNED, "right"), (LEARNED, "left"), (LLAMA, "left")],
+  [(LEARNED, "right"), (LEARNED, "left"), pytest.param(LLAMA, "left", marks=pytest.mark.slow)],
   ids=["learned-right", "learned-left", "llama_scan-left"],
 )
 def test_batched_ragged_prompts_equal_one_at_a_time(config, pad_side):
@@ -307,6 +307,7 @@ def test_loop_stops_when_every_row_has_ended(monkeypatch):
   assert (out[:, kept:] == eos).all()
 
 
+@pytest.mark.slow  # CI runs it; the default suite stays under 15 minutes
 def test_bf16_weights_decode_in_bf16():
   """to_bf16 halves the weights, the cache follows, and where float32's top two logits are
   far apart bfloat16 picks the same first token."""

@@ -214,7 +214,13 @@ MESHES = {  # each layout costs a compile (~5 s here); between them they cover e
 
 @pytest.mark.parametrize(
   "name, mesh_shape",
-  [pytest.param(n, m, id=f"{n}-{'x'.join(map(str, m))}") for n, ms in MESHES.items() for m in ms],
+  [
+    pytest.param(
+      n, m, id=f"{n}-{'x'.join(map(str, m))}", marks=[pytest.mark.slow] if m == (8, 1, 1) else []
+    )
+    for n, ms in MESHES.items()
+    for m in ms
+  ],
 )
 def test_sharded_train_steps_equal_one_device(name, mesh_shape):
   """Data, FSDP and tensor parallelism change where the numbers live, not what they are:

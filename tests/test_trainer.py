@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from flaxlm.checkpoint import Checkpointer
-from flaxlm.pretraining import load_trained
+from flaxlm.pretrained import load_trained
 
 pytestmark = pytest.mark.slow
 

@@ -48,7 +48,7 @@ def _import(args) -> None:
 
 
 def _export(args) -> None:
-  from flaxlm import finetuned, pretraining
+  from flaxlm import finetuned, pretrained
   from flaxlm.convert import export_hf
   from flaxlm.convert.api import TASK_HEADS
   from flaxlm.models import registry
@@ -61,7 +61,7 @@ def _export(args) -> None:
     params, labels = model.params, model.task.labels
     family, config, tokenizer = model.family, model.model_config, model.tokenizer
   else:
-    trainable, params, tokenizer = pretraining.load_trained(args.workdir)
+    trainable, params, tokenizer = pretrained.load_trained(args.workdir)
     family = registry.family_of_model(trainable.model).name
     config, task, labels = trainable.model.config, args.task, None
   class_name = export_hf(args.hf_dir, family, config, params, tokenizer, task=task, labels=labels)
