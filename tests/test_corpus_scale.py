@@ -144,7 +144,10 @@ def test_peak_memory_does_not_grow_with_the_corpus(runs, record_property):
   record_property("peak_rss_large_mb", peak_rss(large) / MB)
   print(f"peak RSS {peak_rss(small) / MB:.1f} MB ({tokens['small']:,} tokens) -> "
         f"{peak_rss(large) / MB:.1f} MB ({tokens['large']:,} tokens)")  # fmt: skip
-  assert abs(growth) <= 8 * MB
+  # A peak varies by up to ~17 MB from run to run here (three pairs of runs: +13.6, -11.6 and
+  # +16.9 MB, large minus small); holding the extra 20.7M tokens as int32 would add 83 MB.
+  held = 4 * (tokens["large"] - tokens["small"])
+  assert abs(growth) <= 32 * MB < held * 0.4
 
 
 def kill_after_checkpoint(scripts, workdir, *args) -> list[int]:
