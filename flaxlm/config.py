@@ -62,6 +62,10 @@ def default_config() -> ml_collections.ConfigDict:
   # Processes that make training examples (masking, span corruption, packing) beside the
   # training loop; 0 = threads of the main process (enough for the small configs here).
   c.data_workers = 0
+  # The tokenizer and token shards: '' = <workdir>/data; a folder made by
+  # `python -m flaxlm.data.prepare`, read by every host of a pod (refused if it was prepared
+  # from other inputs or with another tokenizer).
+  c.corpus_cache = ""
 
   add_training_keys(c)
   c.eval_batches = 8
@@ -138,6 +142,7 @@ class RunConfig:
   cpu_devices: int
   init_from: str = ""
   data_workers: int = 0
+  corpus_cache: str = ""
 
   @property
   def loop(self) -> LoopConfig:
@@ -220,6 +225,7 @@ def from_config_dict(c: ml_collections.ConfigDict) -> RunConfig:
     cpu_devices=c.cpu_devices,
     init_from=c.init_from,
     data_workers=c.data_workers,
+    corpus_cache=c.corpus_cache,
   )
 
 

@@ -185,11 +185,7 @@ def run(
 
   from flaxlm.data import pipeline  # Grain loads with the first run, not with the config
 
-  data_iter = pipeline.iterate(job.dataset, job.data_workers)
-  if "data_iterator" in meta:
-    data_iter.set_state(meta["data_iterator"])
-  elif start:
-    data_iter.set_state({"next_index": start})
+  data_iter = pipeline.iterate(job.dataset, job.data_workers, start)  # item s: step s's batch
   batch_sharding = sharding.batch_sharding(trainable.mesh)
   throughput = reporting.Throughput(
     job.tokens_per_step,
@@ -205,7 +201,7 @@ def run(
     return {
       **job.meta(),
       "step": int(step),
-      "data_iterator": data_iter.get_state(),
+      "data_iterator": {"next_index": int(step)},  # Grain's state of a 0-worker iterator
       "best": best.to_json(),
     }
 

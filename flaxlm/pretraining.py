@@ -283,7 +283,10 @@ def train(run: RunConfig, workdir: str | Workdir, config_json: dict | None = Non
       check(run, workdir)
     if meta:
       check_resume(meta, run, None, ckpt.directory)
-    data = corpus.load_corpus(run.data, run.tokenizer, workdir.data, saved_tokenizer)
+    cache = run.corpus_cache or workdir.data  # a prepared copy is shared, never rebuilt
+    data = corpus.load_corpus(
+      run.data, run.tokenizer, cache, saved_tokenizer, shared=bool(run.corpus_cache)
+    )
     objective = run_objective(run, data.tokenizer)
     trainable = build(run, data.tokenizer.vocab_size)
     if meta:

@@ -290,7 +290,7 @@ def test_trainer_never_feeds_validation_tokens(tmp_path, monkeypatch):
   fed = []
   to_global, local_to_global = loop.sharding.to_global, loop.sharding.local_to_global
   monkeypatch.setattr(loop.sharding, "to_global", lambda b, s: fed.append(b) or to_global(b, s))
-  monkeypatch.setattr(
+  monkeypatch.setattr(  # training batches: this host's rows (here all of them)
     loop.sharding, "local_to_global", lambda b, s, n: fed.append(b) or local_to_global(b, s, n)
   )
   c = default_config()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
 import shutil
 
 import jax
@@ -26,6 +27,8 @@ from flaxlm.data.shards import TokenShards
 from flaxlm.data.spec import DataConfig
 from flaxlm.errors import DataError
 from flaxlm.workdir import as_path
+
+log = logging.getLogger("flaxlm")
 
 
 class Pairs:
@@ -119,18 +122,25 @@ def cache_stamp(config: DataConfig, tok_config: tokenizers.TokenizerConfig) -> d
 
 
 def load_corpus(
-  config: DataConfig, tok_config: tokenizers.TokenizerConfig, cache_dir, tokenizer=None
+  config: DataConfig,
+  tok_config: tokenizers.TokenizerConfig,
+  cache_dir,
+  tokenizer=None,
+  shared: bool = False,
 ) -> TokenizedCorpus:
   """Tokenized train/validation splits, built once and cached under `cache_dir`.
 
   `tokenizer` (e.g. restored from a checkpoint) wins over training a new one; a cache made
-  from other inputs or another tokenizer is rebuilt rather than silently reused. Process 0
-  prepares; the others wait for it and read its files, or prepare their own when the cache
-  folder is not shared."""
+  from other inputs or another tokenizer is rebuilt rather than silently reused, unless it is
+  `shared` (a `corpus_cache` that other runs may be reading): then it is refused, naming what
+  differs. Process 0 prepares; the others wait for it and read its files, or prepare their
+  own when the cache folder is not shared."""
   cache_dir = as_path(cache_dir)
   cache_dir.mkdir(parents=True, exist_ok=True)
   stamp = json.loads(json.dumps(cache_stamp(config, tok_config)))  # lists, as read back
   cached = _cached(cache_dir, stamp, tokenizer)
+  if cached is None and shared:
+    _refuse_another_corpus(cache_dir, stamp)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
@@ -142,6 +152,31 @@ def load_corpus(
     # A host whose cache folder is not shared builds its own, with process 0's tokenizer.
     tokenizer = same_on_every_host(cached.tokenizer if cached else None)
   return cached or _prepare(config, tok_config, cache_dir, stamp, tokenizer)
+
+
+def _refuse_another_corpus(cache_dir, stamp: dict) -> None:
+  """Fails when `cache_dir` holds a corpus (a prepared one: it is not ours to replace)."""
+  if not (cache_dir / "corpus.json").exists():
+    return  # nothing there yet: this run prepares it
+  differ = _differences(_read_json(cache_dir / "corpus.json").get("stamp", {}), stamp)
+  what = f"other {', '.join(differ)}" if differ else "another tokenizer than this run's checkpoint"
+  raise DataError(
+    f"corpus_cache={cache_dir} holds a corpus prepared with {what}; prepare one for this "
+    "config (python -m flaxlm.data.prepare --config=<file> [--config.key=value ...] --out=<dir>) "
+    "or point --config.corpus_cache at another folder"
+  )
+
+
+def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+  """Dotted keys whose values differ between two cache stamps."""
+  keys = []
+  for key in sorted(saved.keys() | now.keys()):
+    a, b = saved.get(key), now.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      keys += _differences(a, b, f"{prefix}{key}.")
+    elif a != b:
+      keys.append(prefix + key)
+  return keys
 
 
 def _cached(cache_dir, stamp: dict, tokenizer) -> TokenizedCorpus | None:
@@ -168,6 +203,7 @@ def _cached(cache_dir, stamp: dict, tokenizer) -> TokenizedCorpus | None:
 def _prepare(config, tok_config, cache_dir, stamp: dict, tokenizer) -> TokenizedCorpus:
   from flaxlm.data import sources  # TFDS loads only when a corpus is built
 
+  log.info("tokenizing %s into %s", config.dataset, cache_dir)
   for stale in ("train", "validation"):  # a previous corpus with another stamp
     if (cache_dir / stale).exists():
       shutil.rmtree(cache_dir / stale)

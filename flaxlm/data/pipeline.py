@@ -11,6 +11,9 @@ data are fresh each epoch and identical on resume.
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 
 import grain
@@ -61,14 +64,33 @@ class HostRows:
     return self.collate([self.examples[first + r] for r in self.rows])
 
 
-def iterate(dataset: grain.MapDataset, workers: int = 0):
-  """An iterator over `dataset` that checkpoints its position (get_state / set_state), with
-  a short read-ahead (host memory stays a few batches) and, with `workers` > 0, the examples
-  made in that many worker processes (masking, span corruption, packing off the main one)."""
-  ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
+def iterate(dataset: grain.MapDataset, workers: int = 0, start: int = 0):
+  """An iterator over items start, start + 1, ... of `dataset`, with a short read-ahead (host
+  memory stays a few batches) and, with `workers` > 0, the items made in that many worker
+  processes (masking, span corruption, packing off the main one).
+
+  Item s is the batch of step s, so the step is the whole position: a run resumes with any
+  number of workers (Grain's own state of a worker pool fits only a pool of that size)."""
+  ds = (dataset[start:] if start else dataset).to_iter_dataset(
+    grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
+  )
   if workers > 0:
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
+    options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2)
+    ds = ds.mp_prefetch(options, worker_init_fn=_exit_with_parent)
   return iter(ds)
+
+
+def _exit_with_parent(worker: int, workers: int) -> None:
+  """Runs in each Grain worker process: exit once the training process is gone. A killed
+  parent never tells its workers to stop, and they would wait on their full queue forever."""
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(0)
+
+  threading.Thread(target=watch, daemon=True, name="flaxlm-exit-with-parent").start()
 
 
 def fixed_batches(

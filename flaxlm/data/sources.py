@@ -14,7 +14,7 @@ import difflib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -31,12 +31,12 @@ def python_docs() -> list[str]:
 
 
 class LocalText(tfds.core.GeneratorBasedBuilder):
-  """A TFDS builder over in-memory records of text fields; its config name fingerprints the
-  input."""
+  """A TFDS builder over records of text fields (an iterable, read once while the dataset is
+  built); its config name fingerprints the input."""
 
   VERSION = tfds.core.Version("1.0.0")
 
-  def __init__(self, *, records: list[dict] | None = None, fields=("text",), **kwargs):
+  def __init__(self, *, records: Iterable[dict] = (), fields=("text",), **kwargs):
     self._records, self._fields = records, tuple(fields)
     super().__init__(**kwargs)
 
@@ -106,7 +106,7 @@ def _as_str(x) -> str:
   return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
-def _local_builder(name: str, records: list[dict], data_dir: str, fields=("text",)):
+def _local_builder(name: str, records: Iterable[dict], data_dir: str, fields=("text",)):
   def make():
     return LocalText(
       records=records,
@@ -124,20 +124,23 @@ def _local_builder(name: str, records: list[dict], data_dir: str, fields=("text"
   return builder.as_data_source(split="train")
 
 
-def _read_files(pattern: str) -> tuple[list[str], list[str]]:
+def _read_files(pattern: str) -> tuple[list[str], Iterator[str]]:
+  """The files of `pattern` and their texts, each read when the iterator reaches it: building
+  the TFDS dataset holds one file at a time, and a built one is not read again."""
   paths = specs.local_files(pattern)
-  docs = []
-  for p in paths:
-    try:
-      with open(p, encoding="utf-8") as f:
-        docs.append(f.read())
-    except UnicodeDecodeError as e:
-      line = open(p, "rb").read()[: e.start].count(b"\n") + 1
-      raise DataError(
-        f"{p}:{line} is not UTF-8 text (byte {e.start}: {e.reason}); convert it, "
-        f"e.g. iconv -f latin1 -t utf-8 {p}"
-      ) from None
-  return paths, docs
+  return paths, map(_read_text, paths)
+
+
+def _read_text(path: str) -> str:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return f.read()
+  except UnicodeDecodeError as e:
+    line = open(path, "rb").read()[: e.start].count(b"\n") + 1
+    raise DataError(
+      f"{path}:{line} is not UTF-8 text (byte {e.start}: {e.reason}); convert it, "
+      f"e.g. iconv -f latin1 -t utf-8 {path}"
+    ) from None
 
 
 def open_source(spec: str, data_dir: str, text_feature: str = "text") -> TextSource:
@@ -149,7 +152,7 @@ def open_source(spec: str, data_dir: str, text_feature: str = "text") -> TextSou
   if kind == "text":
     paths, docs = _read_files(arg)
     name = _files_fingerprint("t", paths)
-    records = [{"text": d} for d in docs]
+    records = ({"text": d} for d in docs)
     return TextSource(spec, {"train": _local_builder(name, records, data_dir)})
   if kind == "pairs":
     specs.check(spec, "text")

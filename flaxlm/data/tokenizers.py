@@ -12,6 +12,7 @@ import base64
 import collections
 import dataclasses
 import re
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -129,8 +130,11 @@ class CharTokenizer:
     self.vocab_size = len(chars)
 
   @classmethod
-  def train(cls, documents: list[str]) -> CharTokenizer:
-    return cls("".join(sorted(set("".join(documents)))))
+  def train(cls, documents: Iterable[str]) -> CharTokenizer:
+    chars = set()
+    for doc in documents:  # one at a time: the corpus need not fit in memory
+      chars.update(doc)
+    return cls("".join(sorted(chars)))
 
   def encode(self, text: str) -> list[int]:
     try:
