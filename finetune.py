@@ -19,8 +19,8 @@ import jax
 from absl import flags
 
 from flaxlm import cli, cross_validation, finetuned, finetuning
+from flaxlm.config import dump_config_json
 from flaxlm.config_finetune import from_config_dict
-from flaxlm.pretraining import dump_config_json
 
 _CONFIG = cli.define_config_flag("configs/finetune_sst2_lstm.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and reports go.")

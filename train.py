@@ -16,7 +16,7 @@ import jax
 from absl import flags
 
 from flaxlm import cli, memory, pretraining
-from flaxlm.config import from_config_dict
+from flaxlm.config import dump_config_json, from_config_dict
 
 _CONFIG = cli.define_config_flag("configs/gpt_tiny.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the tokenizer go.")
@@ -35,7 +35,7 @@ def main(argv):
       print(memory.dry_run(run)[0])
     return
   with cli.user_errors("train.py"):
-    result = pretraining.train(run, workdir, pretraining.dump_config_json(config))
+    result = pretraining.train(run, workdir, dump_config_json(config))
   if jax.process_index() == 0:
     shown = [f"{k} {result[k]:.4f}" for k in ("loss", "eval_loss", "eval_accuracy") if k in result]
     stopped = " (interrupted; rerun the same command to resume)" if result["interrupted"] else ""

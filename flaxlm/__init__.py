@@ -78,20 +78,21 @@ def pretrain(config, workdir: str) -> dict:
   from flaxlm import pretraining
 
   run = config if isinstance(config, run_config.RunConfig) else run_config.from_config_dict(config)
-  json = pretraining.dump_config_json(config) if hasattr(config, "to_json_best_effort") else None
+  json = run_config.dump_config_json(config) if hasattr(config, "to_json_best_effort") else None
   return pretraining.train(run, workdir, json)
 
 
 def finetune(config, workdir: str) -> dict:
   """Fine-tunes (finetune.py's job) from a config made with `finetune_config()`; resumes.
   Returns the best checkpoint's dev metrics, with the trained `model`."""
+  from flaxlm import config as run_config
   from flaxlm import config_finetune as ft_config
-  from flaxlm import finetuning, pretraining
+  from flaxlm import finetuning
 
   ft = (
     config if isinstance(config, ft_config.FinetuneConfig) else ft_config.from_config_dict(config)
   )
-  json = pretraining.dump_config_json(config) if hasattr(config, "to_json_best_effort") else None
+  json = run_config.dump_config_json(config) if hasattr(config, "to_json_best_effort") else None
   return finetuning.train(ft, workdir, json)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 
 import ml_collections
 
@@ -276,3 +277,8 @@ def suggest_key(bad: str, c: ml_collections.ConfigDict) -> list[str]:
 
   walk(c, "")
   return difflib.get_close_matches(bad, flat, n=3, cutoff=0.5)
+
+
+def dump_config_json(c: ml_collections.ConfigDict) -> dict:
+  """A config as plain JSON (saved in checkpoints beside the typed run config)."""
+  return json.loads(c.to_json_best_effort())

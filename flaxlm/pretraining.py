@@ -395,7 +395,3 @@ REPORTS = {"decoder": _sample_report, "encdec": _example_report, "encoder": _mas
 def end_of_run_report(run: RunConfig, result: dict) -> str | None:
   """A sample (decoders), or a held-out example with the model's prediction."""
   return REPORTS[registry.family_of(run.model_family).kind](run, result)
-
-
-def dump_config_json(c) -> dict:
-  return json.loads(c.to_json_best_effort())
