@@ -174,8 +174,11 @@ def kill_after_checkpoint(scripts, workdir, *args) -> list[int]:
 def _children(pid: int) -> list[str]:
   found = []
   for task in os.listdir(f"/proc/{pid}/task"):
-    with open(f"/proc/{pid}/task/{task}/children") as f:
-      found += f.read().split()
+    try:
+      with open(f"/proc/{pid}/task/{task}/children") as f:
+        found += f.read().split()
+    except FileNotFoundError:  # the thread exited between listdir and open
+      continue
   return found
 
 

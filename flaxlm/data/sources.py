@@ -117,10 +117,16 @@ def _local_builder(name: str, records: Iterable[dict], data_dir: str, fields=("t
     )
 
   builder = make()
+  # Our log line already names this build; TFDS's progress bars would wrap the one-line
+  # error of a malformed file (file:line) in bar residue. Restored after, for callers' builds.
+  bars_were_on = getattr(tfds.core.utils.tqdm_utils, "_active", True)
+  tfds.display_progress_bar(False)
   try:
     builder.download_and_prepare()
   except FileExistsError:  # another process sharing data_dir (multi-process run) finished first
     builder = make()
+  finally:
+    tfds.display_progress_bar(bars_were_on)
   return builder.as_data_source(split="train")
 
 
