@@ -223,7 +223,10 @@ def decode(name, config, src, segments):
   )
 
 
-@pytest.mark.parametrize("name", ["t5", "vaswani_scan"])
+@pytest.mark.parametrize(
+  "name",
+  ["t5", pytest.param("vaswani_scan", marks=pytest.mark.slow)],  # as SLOW_VARIANTS
+)
 def test_beam_one_equals_greedy(name):
   src = random_tokens(7, (3, 9))
   segments = jnp.ones((3, 9), jnp.int32).at[2, 5:].set(0)

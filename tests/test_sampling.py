@@ -354,6 +354,7 @@ def test_kv_cache_is_sharded_by_logical_names():
   np.testing.assert_array_equal(np.asarray(got), want)
 
 
+@pytest.mark.slow  # CI runs it; the default suite stays under 15 minutes
 def test_sample_texts_decodes_several_prompts_in_one_batch():
   trainable = trainable_for(LEARNED)
   params = random_params(LEARNED)
