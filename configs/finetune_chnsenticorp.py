@@ -8,7 +8,8 @@ Data: ../shared/data/zh/ChnSentiCorp_htl_all.csv (7,766 reviews, label 1 positiv
 negative); a seeded fifth is held out as the dev set (val_fraction 0.2), never trained on.
 `--config.kfold=5` cross-validates instead (see README).
 Hardware: 2 CPU cores. Measured 2026-12-02: held-out accuracy 87.3% (best checkpoint, step
-600), 518 s of fine-tuning (README, Fine-tuning results).
+600), 518 s of fine-tuning; `--config.kfold=5`: 87.83 +- 1.28% over the five folds, 38 minutes
+(README, Fine-tuning results).
 """
 
 from flaxlm.config_finetune import finetune_config, task_block, with_model_preset
