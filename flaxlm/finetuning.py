@@ -255,6 +255,14 @@ def check_resume(meta: dict, ft: FinetuneConfig, directory) -> None:
     )
 
 
+def training_rows(task, examples: list[dict], batch_size: int, seed: int, max_width: int):
+  """The batches the loop trains on: shuffled examples, `task.group` of them packed into each
+  row when the task packs (SFT, seq2seq with task.pack), padded by length."""
+  row = (lambda group, rng: task.pack(group)) if task.group > 1 else (lambda e, rng: e)
+  collate = pipeline.pad_collate(task.pad_values, max_width=max_width)
+  return pipeline.batches(examples, row, batch_size, seed, group=task.group, collate=collate)
+
+
 def _steps_for_epochs(ft: FinetuneConfig, n_train: int) -> FinetuneConfig:
   if ft.num_epochs <= 0:
     return ft
@@ -316,7 +324,7 @@ def train(
     examples = [e for r in train_records for e in task.examples(r)]
     if ft.max_tokens:
       examples = [e for e in examples if task.tokens_per_example(e) <= ft.max_tokens]
-    ft = _steps_for_epochs(ft, len(examples))
+    ft = _steps_for_epochs(ft, math.ceil(len(examples) / task.group))  # rows per epoch
     trainable = build(task, family, model_config, ft, mesh)
     restored = ckpt.restore(trainable.abstract_state) if meta else None
     overrides = None
@@ -329,13 +337,7 @@ def train(
     mean_tokens = float(np.mean([task.tokens_per_example(e) for e in examples]))
     job = loop.Job(
       trainable=trainable,
-      dataset=pipeline.batches(
-        examples,
-        lambda e, rng: e,
-        ft.batch_size,
-        ft.seed,
-        collate=pipeline.pad_collate(task.pad_values, max_width=max_width),
-      ),  # fmt: skip
+      dataset=training_rows(task, examples, ft.batch_size, ft.seed, max_width),
       evaluate=lambda params: evaluation.scalars(evaluation.evaluate(task, trainable, params, dev)),
       meta=lambda: job_meta,
       initial_state=lambda: trainable.init_state(ft.seed, overrides),

@@ -57,6 +57,32 @@ def test_sft_learns_only_the_response_and_packs_rows():
   assert chat.references({"messages": turns, "_where": "t:2"}) == ["4"]
 
 
+@pytest.mark.parametrize(
+  "family, task", [("encdec", "seq2seq"), ("gpt", "seq2seq"), ("gpt", "sft")]
+)
+def test_training_rows_pack_whole_examples(family, task):
+  """The rows the loop trains on hold `task.pack` examples each, every one whole under its own
+  segment id on every side (encoder and decoder), positions restarting."""
+  cls, fam = task_class(task), registry.family_of(family)
+  short = {"template": "{prompt} => "} if task == "sft" else {}
+  config = cls.Config(max_len=160, target_len=96, pack=3, **short)  # room for 3 pairs of pairs()
+  t = cls(config, Columns(text="source", prompt="source", response="target"), fam,
+          fam.config_cls(), byte_tokenizer(), None)  # fmt: skip
+  examples = [t.example({**r, "_where": "t:1"}) for r in pairs(30, 0)]
+  batch = finetuning.training_rows(t, examples, 4, 0, config.max_len)[0]
+  sides = {"decoder_segments": ("targets", "weights", "decoder_positions")}
+  if family == "encdec":
+    sides["input_segments"] = ("inputs", "input_positions")
+  else:
+    sides = {"segment_ids": ("inputs", "targets", "weights", "positions")}
+  for segment, fields in sides.items():
+    assert batch[segment].max(axis=1).tolist() == [3] * 4  # three short pairs fit each row
+    whole = {tuple(tuple(e[f].tolist()) for f in fields) for e in examples}
+    for row, i in [(r, i) for r in range(4) for i in (1, 2, 3)]:
+      part = batch[segment][row] == i
+      assert tuple(tuple(batch[f][row][part].tolist()) for f in fields) in whole
+
+
 def test_generation_metrics_take_every_reference():
   import sacrebleu
   from rouge_score import rouge_scorer

@@ -92,7 +92,8 @@ class Task:
   def tokens_per_example(self, example: dict) -> int:
     return int(np.sum(example["segment_ids"] > 0))
 
-  # Training rows made of several examples (packing, e.g. SFT): `group` examples in, one out.
+  # Training rows made of several examples (packing: SFT, seq2seq): `group` examples in, one
+  # row out; the loop then trains on rows, and evaluation still reads examples one by one.
   group: int = 1
 
   def pack(self, examples: list[dict]) -> dict:
@@ -183,3 +184,26 @@ def truncate_longest_first(a: list, b: list, budget: int) -> tuple[list, list]:
 
 def prefixed(metrics: dict, prefix: str = "eval_") -> dict:
   return {prefix + k: v for k, v in metrics.items()}
+
+
+def pack_examples(examples: list[dict], sides: list[tuple[tuple[str, ...], str, int]]) -> dict:
+  """Examples one after another in one row. Each side is (its fields, its segment-id field,
+  its length limit): an encoder-decoder row has two, a decoder row one. Example i gets segment
+  id i + 1 on every side (its positions restart, as each example made them); the first
+  example that no longer fits on some side ends the row, and is left out of it."""
+  kept, used = [], [0] * len(sides)
+  for e in examples:
+    sizes = [len(e[segment]) for _, segment, _ in sides]
+    if kept and any(u + n > limit for u, n, (*_, limit) in zip(used, sizes, sides, strict=True)):
+      break
+    kept.append(e)
+    used = [u + n for u, n in zip(used, sizes, strict=True)]
+  out = {}
+  for fields, segment, _ in sides:
+    for f in fields:
+      out[f] = np.concatenate([e[f] for e in kept])
+    out[segment] = np.concatenate(
+      [np.full(len(e[segment]), i + 1, np.int32) for i, e in enumerate(kept)]
+    )
+  out["example_weight"] = np.float32(1.0)
+  return out

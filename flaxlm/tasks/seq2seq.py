@@ -17,7 +17,7 @@ import numpy as np
 from flaxlm.data.formats import WHERE, field, has_field
 from flaxlm.errors import ConfigError, DataError
 from flaxlm.tasks import metrics
-from flaxlm.tasks.base import Task
+from flaxlm.tasks.base import Task, pack_examples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Seq2SeqConfig:
   alpha: float = 0.6  # beam length penalty
   max_new_tokens: int = 0  # generated tokens at most; 0 = target_len
   generate_in_eval: bool = True  # evaluations decode and score text (else loss only)
+  pack: int = 1  # pairs per training row (as train.py packs them); rows of max_len + target_len
 
 
 class Seq2Seq(Task):
@@ -54,7 +55,9 @@ class Seq2Seq(Task):
         "decoder_segments": 0, "decoder_positions": 0, "targets": pad, "weights": 0,
       }  # fmt: skip
     else:
-      self.pad_values = {"inputs": pad, "targets": pad, "weights": 0, "segment_ids": 0}
+      self.pad_values = {
+        "inputs": pad, "targets": pad, "weights": 0, "segment_ids": 0, "positions": 0,
+      }  # fmt: skip
 
   def check(self) -> None:
     if self.family.kind == "encoder":
@@ -110,9 +113,23 @@ class Seq2Seq(Task):
         "targets": np.asarray(tokens[1:], np.int32),
         "weights": (np.arange(len(tokens) - 1) >= len(source)).astype(np.float32),
         "segment_ids": np.ones(len(tokens) - 1, np.int32),
+        "positions": np.arange(len(tokens) - 1, dtype=np.int32),  # restart in a packed row
       }
     out["example_weight"] = np.float32(1.0)
     return out
+
+  @property
+  def group(self) -> int:
+    return max(self.config.pack, 1)
+
+  def pack(self, examples: list[dict]) -> dict:
+    c = self.config
+    if not self.encdec:  # one row: source, target, source, target, ...
+      fields = ("inputs", "targets", "weights", "positions")
+      return pack_examples(examples, [(fields, "segment_ids", c.max_len)])
+    encoder = (("inputs", "input_positions"), "input_segments", c.max_len)
+    decoder = ("decoder_inputs", "decoder_positions", "targets", "weights")
+    return pack_examples(examples, [encoder, (decoder, "decoder_segments", c.target_len)])
 
   def tokens_per_example(self, example: dict) -> int:
     return int(np.sum(example["weights"] > 0))

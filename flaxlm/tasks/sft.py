@@ -40,20 +40,12 @@ class SFT(Seq2Seq):
   name = "sft"
   Config = SFTConfig
 
-  def __init__(self, *args):
-    super().__init__(*args)
-    self.pad_values = {**self.pad_values, "positions": 0}
-
   def check(self) -> None:
     if self.family.kind != "decoder":
       raise ConfigError(
         "task 'sft' tunes decoders (model_family gpt); encoder-decoders use 'seq2seq'"
       )
     super().check()
-
-  @property
-  def group(self) -> int:
-    return max(self.config.pack, 1)
 
   # --- records: a prompt and its response, from pairs or chat turns ------------------------
   def _turns(self, record) -> list[dict]:
@@ -116,25 +108,6 @@ class SFT(Seq2Seq):
       "positions": np.arange(len(tokens) - 1, dtype=np.int32),
       "example_weight": np.float32(1.0),
     }
-
-  def pack(self, examples: list[dict]) -> dict:
-    """Examples one after another in one row of at most max_len tokens: segment i + 1 for
-    the i-th, positions restarting; an example that no longer fits is left out."""
-    rows, used = [], 0
-    for e in examples:
-      n = len(e["inputs"])
-      if rows and used + n > self.config.max_len:
-        break
-      rows.append(e)
-      used += n
-    out = {
-      k: np.concatenate([e[k] for e in rows]) for k in ("inputs", "targets", "weights", "positions")
-    }
-    out["segment_ids"] = np.concatenate(
-      [np.full(len(e["inputs"]), i + 1, np.int32) for i, e in enumerate(rows)]
-    )
-    out["example_weight"] = np.float32(1.0)
-    return out
 
   def prompt_and_target(self, record) -> tuple[list[int], list[int]]:
     target = self.references(record)[0] if self._labelled(record) else ""
