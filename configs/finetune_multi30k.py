@@ -11,7 +11,9 @@ steps of 32 rows, each packing four pairs into 80 + 80 tokens as train.py does (
 segment ids keep the pairs apart; a pair that overflows its row is left out of it). Each
 pair in its own row instead (task.pack=1, batch_size=128) costs 5.5 s a step here against
 2.2 packed: padding, and a wider decoder row. Beam 4, alpha 0.6 at the end.
-Hardware: 2 CPU cores. Time and result: see README (Fine-tuning results).
+Hardware: 2 CPU cores. Measured 2026-12-02: sacreBLEU 31.34 (beam 4) on the 1,014 val
+sentences, against train.py's 31.6; 45.6 minutes of training loop, 49.1 for the command
+(README, beside train.py's result).
 """
 
 from flaxlm.config_finetune import finetune_config, task_block, with_model_preset
