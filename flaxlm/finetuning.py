@@ -258,7 +258,7 @@ def check_resume(meta: dict, ft: FinetuneConfig, directory) -> None:
 def training_rows(task, examples: list[dict], batch_size: int, seed: int, max_width: int):
   """The batches the loop trains on: shuffled examples, `task.group` of them packed into each
   row when the task packs (SFT, seq2seq with task.pack), padded by length."""
-  row = (lambda group, rng: task.pack(group)) if task.group > 1 else (lambda e, rng: e)
+  row = (lambda of_row, rng: task.pack(of_row)) if task.group > 1 else (lambda e, rng: e)
   collate = pipeline.pad_collate(task.pad_values, max_width=max_width)
   return pipeline.batches(examples, row, batch_size, seed, group=task.group, collate=collate)
 

@@ -70,9 +70,11 @@ def test_training_rows_pack_whole_examples(family, task):
           fam.config_cls(), byte_tokenizer(), None)  # fmt: skip
   examples = [t.example({**r, "_where": "t:1"}) for r in pairs(30, 0)]
   batch = finetuning.training_rows(t, examples, 4, 0, config.max_len)[0]
-  sides = {"decoder_segments": ("targets", "weights", "decoder_positions")}
   if family == "encdec":
-    sides["input_segments"] = ("inputs", "input_positions")
+    sides = {
+      "input_segments": ("inputs", "input_positions"),
+      "decoder_segments": ("targets", "weights", "decoder_positions"),
+    }
   else:
     sides = {"segment_ids": ("inputs", "targets", "weights", "positions")}
   for segment, fields in sides.items():
