@@ -14,23 +14,28 @@ for the dev accuracy. Only the loop's logging and checkpoints are left out. The 
 dropout 0.1, which flaxlm does not have).
 
 Fairness: both sides train on the same examples in the same order (flaxlm's shuffle; the
-peer's token ids come from transformers' own tokenizer and are checked equal to flaxlm's),
-and both pad each batch as flaxlm does: to its longest example rounded up to 16, 32, 48 or
-64 columns (`pipeline.bucket_width`; every batch's width is checked equal). With
-`--hf_padding=longest` the peer pads to the longest example instead, as transformers'
-DataCollatorWithPadding does (fewer columns than flaxlm, which compiles one program per
-width). Tokenizing happens before timing on both sides; collating a batch is timed on both.
+peer's token ids come from transformers' own tokenizer and are checked equal to flaxlm's;
+each step's labels are checked equal). By default flaxlm trains padding-free
+(`task.padding_free=True`: a step's 32 examples share 64-wide rows, each attending only to
+itself; the same loss and gradients as padded rows, `tests/test_padding_free.py`) and the
+peer pads each batch to its longest example, as transformers' DataCollatorWithPadding does.
+`flaxlm_tokens_per_step` and `hf_tokens_per_step` say how many token positions each side
+computes: the padding-free speed-up is fewer positions, not faster ones. With
+`--flaxlm_padding=bucket --hf_padding=bucket` both pad each batch as flaxlm's padded path
+does, to its longest example rounded up to 16, 32, 48 or 64 columns (every batch's width is
+checked equal): that compares the two at equal work per step. Tokenizing happens before
+timing on both sides; collating a batch is timed on both.
 Both use every core (torch threads = cores; XLA's CPU thread pool). The models compute the
 same function but for dropout: both drop after the embeddings, the attention output and the
 MLP output; transformers also drops attention probabilities (flaxlm has no such dropout).
-After an untimed warm-up (flaxlm compiles one step per batch width on a throwaway state; the
+After an untimed warm-up (flaxlm compiles one step per batch shape on a throwaway state; the
 peer runs one forward and backward per width without updating), blocks of `--block` steps
 alternate flaxlm, peer, flaxlm, ... so the machine's drift hits both alike; examples/s are
 total examples over total timed seconds, and `block_ratios` give each block pair's ratio.
 
 Prints one JSON line. Usage:
   python bench/finetune_throughput.py [--steps=400] [--block=25] [--cpu_devices=N]
-      [--hf_padding=bucket|longest]
+      [--flaxlm_padding=free|bucket] [--hf_padding=longest|bucket]
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ from flaxlm.tasks import task_class  # noqa: E402
 MAX_LEN, BATCH, LR, WARMUP = 64, 32, 5e-5, 40
 
 
-def job_config(steps: int, cpu_devices: int):
+def job_config(steps: int, cpu_devices: int, padding_free: bool):
   """configs/finetune_sst2_minilm.py with the reference job's settings."""
   sys.path.insert(0, os.path.join(ROOT, "configs"))
   import finetune_sst2_minilm
@@ -72,6 +77,7 @@ def job_config(steps: int, cpu_devices: int):
   c.learning_rate, c.warmup_steps, c.schedule, c.min_learning_rate = LR, WARMUP, "linear", 0.0
   c.weight_decay, c.grad_clip_norm, c.b2, c.model.dropout_rate = 0.01, 1.0, 0.999, 0.1
   c.task.dropout_rate, c.drop_duplicates, c.seed = 0.1, False, 0
+  c.task.padding_free = padding_free
   if cpu_devices:
     c.cpu_devices = cpu_devices
   return c
@@ -96,10 +102,9 @@ class FlaxlmSide:
     overrides = transfer.backbone_overrides(self.trainable.abstract_state.params, pretrained)
     self.state = self.trainable.init_state(ft.seed, overrides)
     self.task, self.ft = task, ft
-    self.dataset = pipeline.batches(
-      self.examples, lambda e, rng: e, ft.batch_size, ft.seed,
-      collate=pipeline.pad_collate(task.pad_values, max_width=MAX_LEN),
-    )  # fmt: skip
+    self.dataset = finetuning.training_rows(
+      task, self.examples, ft.batch_size, ft.seed, MAX_LEN, sharding.data_parallel_size(self.mesh)
+    )
     self.data = iter(self.dataset.to_iter_dataset())
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     self.warm = self.trainable.init_state(ft.seed + 1, overrides)  # compiled on, then dropped
@@ -180,29 +185,37 @@ def main():
     "--cpu_devices", type=int, default=0, help="flaxlm's XLA CPU devices (0: the config's)"
   )
   parser.add_argument(
-    "--hf_padding", choices=["bucket", "longest"], default="bucket",
-    help="the peer's padding: flaxlm's buckets, or each batch's longest example",
+    "--flaxlm_padding", choices=["free", "bucket"], default="free",
+    help="flaxlm's batches: padding-free rows, or one padded row per example",
+  )  # fmt: skip
+  parser.add_argument(
+    "--hf_padding", choices=["longest", "bucket"], default="longest",
+    help="the peer's padding: each batch's longest example, or flaxlm's buckets",
   )  # fmt: skip
   args = parser.parse_args()
   if args.steps % args.block:
     parser.error("--steps must be a multiple of --block")
-  c = job_config(args.steps, args.cpu_devices)
+  c = job_config(args.steps, args.cpu_devices, args.flaxlm_padding == "free")
   ft = from_config_dict(c)
   devices = cli.use_cpu_devices(ft.cpu_devices, (ft.batch_size, ft.eval_batch_size))
   torch.set_num_threads(CORES)
 
   flaxlm = FlaxlmSide(ft)
   peer = PeerSide(flaxlm, args.steps, args.hf_padding)
-  flaxlm_widths = [flaxlm.dataset[s]["inputs"].shape[1] for s in range(args.steps)]
+  flaxlm_shapes = [flaxlm.dataset[s]["inputs"].shape for s in range(args.steps)]
   hf_widths = [peer.batch(s)["input_ids"].shape[1] for s in range(args.steps)]
-  if args.hf_padding == "bucket" and flaxlm_widths != hf_widths:
-    raise RuntimeError("the two sides pad batches to different widths")
-  if not np.array_equal(flaxlm.dataset[0]["inputs"][:, : hf_widths[0]], peer.batch(0)["input_ids"]):
-    raise RuntimeError("the two sides' first batches differ")
-  # One batch of each width among the steps to run (flaxlm compiles once per width).
-  first_of = {w: flaxlm_widths.index(w) for w in sorted(set(flaxlm_widths))}
+  for s in range(args.steps):
+    if not np.array_equal(flaxlm.dataset[s]["labels"], peer.batch(s)["labels"].numpy()):
+      raise RuntimeError(f"the two sides train on different examples at step {s}")
+  if args.flaxlm_padding == args.hf_padding == "bucket":
+    if [w for _, w in flaxlm_shapes] != hf_widths:
+      raise RuntimeError("the two sides pad batches to different widths")
+    if not np.array_equal(flaxlm.dataset[0]["inputs"], peer.batch(0)["input_ids"]):
+      raise RuntimeError("the two sides' first batches differ")
+  # One batch of each shape among the steps to run (flaxlm compiles once per shape).
+  first_of = {shape: flaxlm_shapes.index(shape) for shape in sorted(set(flaxlm_shapes))}
   compile_seconds = flaxlm.warm_up([flaxlm.dataset[s] for s in first_of.values()])
-  peer_warm_seconds = peer.warm_up(list(first_of.values()))
+  peer_warm_seconds = peer.warm_up([hf_widths.index(w) for w in sorted(set(hf_widths))])
 
   times = {"flaxlm": [], "hf": []}
   losses = {}
@@ -225,9 +238,11 @@ def main():
         "steps": args.steps,
         "batch": BATCH,
         "max_len": MAX_LEN,
-        "flaxlm_mean_width": round(float(np.mean(flaxlm_widths)), 1),
-        "hf_mean_width": round(float(np.mean(hf_widths)), 1),
+        "flaxlm_padding": args.flaxlm_padding,
         "hf_padding": args.hf_padding,
+        "flaxlm_tokens_per_step": round(float(np.mean([r * w for r, w in flaxlm_shapes])), 1),
+        "hf_tokens_per_step": round(BATCH * float(np.mean(hf_widths)), 1),
+        "flaxlm_batch_shapes": len(first_of),
         "flaxlm_train_seconds": round(sum(times["flaxlm"]), 1),
         "hf_train_seconds": round(sum(times["hf"]), 1),
         "block_ratios": [

@@ -11,13 +11,10 @@ tokenizer lowercases every word, so capitals (which mark names) are lost and the
 tell "Bush" from "bush" by context; expect a point or two below a cased model of its size.
 AdamW lr 1e-4 warmed up over 10% and decayed linearly to 0, weight decay 0.01, dropout 0.1,
 batch 32, up to 128 sub-words (one training sentence has more and is cut; its cut words are
-predicted 'O'). 4 epochs: 4 x 14,041 / 32 = 1,756 steps; valid F1 every 439 steps (an epoch)
+predicted 'O'). 3 epochs: 3 x 14,041 / 32 = 1,317 steps; valid F1 every 439 steps (an epoch)
 keeps the best checkpoint.
-Hardware: 2 CPU cores. Time (estimated, not yet run end to end): about an hour. Batches pad
-to 61 columns on average (SST-2's: 48) and bench/finetune_throughput.py measured 1.62 s a
-step at SST-2's width, so ~2 s a step: ~60 min for 1,756 steps, plus four evaluations of the
-3,250 valid sentences and compiling five batch widths.
-Expected: entity F1 >= 85 on valid.bio.txt.
+Hardware: 2 CPU cores. Time and result: see README (Fine-tuning results); expected entity F1
+>= 85 on valid.bio.txt.
 """
 
 from flaxlm.config_finetune import finetune_config, task_block
@@ -39,10 +36,10 @@ def get_config():
   c.eval_data = "conll:" + SHARED + "valid.bio.txt"
   c.drop_duplicates = False  # repeated sentences (scores, datelines) are real data
   c.batch_size = 32
-  c.num_epochs = 4.0  # 4 x 14,041 / 32 = 1,756 steps
+  c.num_epochs = 3.0  # 3 x 14,041 / 32 = 1,317 steps
   c.learning_rate = 1e-4
   c.schedule = "linear"
-  c.warmup_steps = 175  # 10%
+  c.warmup_steps = 132  # 10%
   c.weight_decay = 0.01
   c.eval_every = 439  # an epoch
   c.checkpoint_every = 439

@@ -92,6 +92,11 @@ def check(ft: FinetuneConfig, workdir: Workdir | None = None) -> None:
   validation.check_batches(
     ft.batch_size, ft.eval_batch_size, ft.step.accum_steps, validation.make_mesh(ft.mesh)
   )
+  if getattr(ft.task, "padding_free", False) and ft.step.accum_steps > 1:
+    raise ConfigError(
+      "task.padding_free=True lays a step's examples out in shared rows, which accum_steps "
+      f"cannot split into microbatches; use accum_steps=1 (not {ft.step.accum_steps})"
+    )
   if workdir is not None:
     workdir.prepare()
 
@@ -255,11 +260,16 @@ def check_resume(meta: dict, ft: FinetuneConfig, directory) -> None:
     )
 
 
-def training_rows(task, examples: list[dict], batch_size: int, seed: int, max_width: int):
+def training_rows(
+  task, examples: list[dict], batch_size: int, seed: int, max_width: int, row_multiple: int = 1
+):
   """The batches the loop trains on: shuffled examples, `task.group` of them packed into each
-  row when the task packs (SFT, seq2seq with task.pack), padded by length."""
+  row when the task packs (SFT, seq2seq with task.pack), padded by length; or laid out by the
+  task (padding-free classification: rows a multiple of `row_multiple`)."""
   row = (lambda of_row, rng: task.pack(of_row)) if task.group > 1 else (lambda e, rng: e)
-  collate = pipeline.pad_collate(task.pad_values, max_width=max_width)
+  collate = task.train_collate(row_multiple) or pipeline.pad_collate(
+    task.pad_values, max_width=max_width
+  )
   return pipeline.batches(examples, row, batch_size, seed, group=task.group, collate=collate)
 
 
@@ -337,7 +347,9 @@ def train(
     mean_tokens = float(np.mean([task.tokens_per_example(e) for e in examples]))
     job = loop.Job(
       trainable=trainable,
-      dataset=training_rows(task, examples, ft.batch_size, ft.seed, max_width),
+      dataset=training_rows(
+        task, examples, ft.batch_size, ft.seed, max_width, sharding.data_parallel_size(mesh)
+      ),
       evaluate=lambda params: evaluation.scalars(evaluation.evaluate(task, trainable, params, dev)),
       meta=lambda: job_meta,
       initial_state=lambda: trainable.init_state(ft.seed, overrides),
@@ -346,7 +358,7 @@ def train(
       else 0,
       examples_per_step=ft.batch_size,
     )
-    _log_model(trainable, family, len(examples), len(dev_records))
+    reporting.log_task_model(trainable, family, len(examples), len(dev_records))
     result = loop.run(job, ft.loop, workdir, ckpt, restored)
   finally:
     ckpt.close()
@@ -366,21 +378,6 @@ def train(
   out.update(final)
   out.update(model=Model(task, trainable, tokenizer, family, model_config, params))
   return out
-
-
-def _log_model(trainable: Trainable, family: str, n_train: int, n_dev: int) -> None:
-  if jax.process_index() != 0:
-    return
-  n_params = sum(x.size for x in jax.tree.leaves(trainable.abstract_state.params))
-  log.info(
-    "%s task model: %.2fM parameters (%.2fM trained), %d training and %d dev examples, mesh %s",
-    family,
-    n_params / 1e6,
-    trainable.num_trainable / 1e6,
-    n_train,
-    n_dev,
-    dict(trainable.mesh.shape),
-  )
 
 
 def restore_params(directory, trainable: Trainable):

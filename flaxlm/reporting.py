@@ -291,3 +291,19 @@ def write_eval_report(workdir: Workdir, name: str, metrics: dict, labels=None) -
     plot_confusion_matrix(
       workdir.path / f"confusion_{name}.png", metrics["eval_confusion_matrix"], labels
     )
+
+
+def log_task_model(trainable, family: str, n_train: int, n_dev: int) -> None:
+  """One log line: the task model's size, the data's and the mesh."""
+  if jax.process_index() != 0:
+    return
+  n_params = sum(x.size for x in jax.tree.leaves(trainable.abstract_state.params))
+  logging.getLogger("flaxlm").info(
+    "%s task model: %.2fM parameters (%.2fM trained), %d training and %d dev examples, mesh %s",
+    family,
+    n_params / 1e6,
+    trainable.num_trainable / 1e6,
+    n_train,
+    n_dev,
+    dict(trainable.mesh.shape),
+  )

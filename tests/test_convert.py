@@ -664,8 +664,8 @@ def test_real_gpt2_vocabulary(tmp_path):
 
 @pytest.mark.slow
 def test_finetune_from_hf_then_export_cli(tmp_path):
-  """A tiny HF BERT (with its vocab.txt) fine-tuned through init_from='hf:<dir>'; the
-  fine-tuned workdir exported by the CLI loads as BertForSequenceClassification and gives
+  """A tiny HF BERT (with its vocab.txt) fine-tuned through init_from='hf:<dir>' (padding-free,
+  as configs/finetune_sst2_minilm.py); the fine-tuned workdir exported by the CLI loads as BertForSequenceClassification and gives
   flaxlm's logits, with the same token ids from the exported tokenizer."""
   from test_finetune import lstm_config, sentiment_rows
 
@@ -697,6 +697,7 @@ def test_finetune_from_hf_then_export_cli(tmp_path):
   c.init_from = f"hf:{source}"
   c.model = config_finetune.runtime_model_block()
   c.task.max_len = 32
+  c.task.padding_free = True
   finetuning.train(config_finetune.from_config_dict(c), tmp_path / "workdir")
   main(["export", str(tmp_path / "workdir"), str(tmp_path / "out")])
 

@@ -175,3 +175,47 @@ def pad_collate(pad_values: dict[str, int], multiple: int = 16, max_width: int =
     return out
 
   return collate
+
+
+def pack_collate(pad_values: dict[str, int], width: int, row_multiple: int = 1) -> Callable:
+  """Padding-free batches of one-sequence examples: each example goes whole into the first
+  `width`-wide row with room for it (longest first), so 32 short texts fill a few rows
+  instead of 32 padded ones. Token fields (those in `pad_values`) become (R, width), R rounded
+  by `bucket_width(rows, row_multiple)` (a multiple of the data-parallel size, few shapes);
+  `segment_ids` number a row's examples 1, 2, ... (attention stays within each) and
+  `positions` restart at 0 in each. Other fields stay one per example (B, ...) in the
+  examples' order, and `pool_index` (B,) is each example's first token in the flattened
+  (R * width) tokens: where its [CLS] state is read."""
+
+  def collate(examples: list[dict]) -> dict[str, np.ndarray]:
+    lengths = [len(e["segment_ids"]) for e in examples]
+    if max(lengths) > width:
+      raise ValueError(f"an example of {max(lengths)} tokens does not fit a row of {width}")
+    room, held = [], []  # per row: free columns, examples placed
+    place = [(0, 0, 0)] * len(examples)  # per example: (row, offset, segment id)
+    for i in sorted(range(len(examples)), key=lambda i: -lengths[i]):
+      row = next((r for r, free in enumerate(room) if free >= lengths[i]), len(room))
+      if row == len(room):
+        room.append(width)
+        held.append(0)
+      held[row] += 1
+      place[i] = (row, width - room[row], held[row])
+      room[row] -= lengths[i]
+    rows = bucket_width(len(room), row_multiple)
+    out = {}
+    for key in (k for k in examples[0] if k in pad_values):
+      first = np.asarray(examples[0][key])
+      out[key] = np.full((rows, width, *first.shape[1:]), pad_values[key], first.dtype)
+      for e, (r, o, _) in zip(examples, place, strict=True):
+        out[key][r, o : o + len(e[key])] = e[key]
+    out["segment_ids"] = np.zeros((rows, width), np.int32)
+    out["positions"] = np.zeros((rows, width), np.int32)
+    for n, (r, o, segment) in zip(lengths, place, strict=True):
+      out["segment_ids"][r, o : o + n] = segment
+      out["positions"][r, o : o + n] = np.arange(n)
+    for key in (k for k in examples[0] if k not in pad_values):
+      out[key] = np.stack([e[key] for e in examples])
+    out["pool_index"] = np.asarray([r * width + o for r, o, _ in place], np.int32)
+    return out
+
+  return collate

@@ -65,6 +65,7 @@ class Bert(nn.Module):
     positions=None,
     deterministic: bool = True,
     heads: bool = True,
+    pool_index=None,  # (N,) packed rows: each example's first token in the flat B * T tokens
   ):
     c = self.config
     dtype = c.compute_dtype
@@ -97,7 +98,8 @@ class Bert(nn.Module):
       bias_init=layers.logical_init(nn.initializers.zeros, axes[-1:]),
       name=name,
     )
-    pooled = jnp.tanh(dense(c.embed_dim, ("embed", "mlp"), "pooler")(x[:, 0]))
+    first = x[:, 0] if pool_index is None else x.reshape(-1, x.shape[-1])[pool_index]
+    pooled = jnp.tanh(dense(c.embed_dim, ("embed", "mlp"), "pooler")(first))
     out = {"hidden": x, "pooled": pooled}
     if not heads:
       return out
@@ -118,13 +120,16 @@ class Bert(nn.Module):
 
 
 def features(model: Bert, batch: dict, deterministic: bool) -> dict:
-  """Task-head inputs: hidden states (B, T, D) and the pooled [CLS] state (B, D)."""
+  """Task-head inputs: hidden states (B, T, D) and the pooled [CLS] state (B, D); of packed
+  rows (`pipeline.pack_collate`: `positions`, `pool_index`), one pooled state per example."""
   return model(
     batch["inputs"],
     type_ids=batch.get("type_ids"),
     segment_ids=batch["segment_ids"],
+    positions=batch.get("positions"),
     deterministic=deterministic,
     heads=False,
+    pool_index=batch.get("pool_index"),
   )
 
 

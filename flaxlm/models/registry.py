@@ -24,6 +24,8 @@ class Family:
   # (bound module, batch, deterministic) -> {'hidden' (B, T, D), 'pooled' (B, D)}
   features: Callable[..., dict]
   kind: str  # 'decoder' | 'encoder' | 'encdec': how tasks shape inputs and predictions
+  # its features read padding-free rows (several examples per row, a pooled state for each)
+  reads_packed_rows: bool = False
 
   @property
   def objective(self) -> str:
@@ -37,7 +39,7 @@ FAMILIES: dict[str, Family] = {
   ),
   "bert": Family(
     "bert", bert.BertConfig, bert.PRESETS, bert.Bert, bert.flops_per_token, ("mlm", "mlm_nsp"),
-    bert.features, "encoder",
+    bert.features, "encoder", reads_packed_rows=True,
   ),
   "encdec": Family(
     "encdec", encdec.EncDecConfig, encdec.PRESETS, encdec.EncoderDecoder, encdec.flops_per_token,

@@ -99,6 +99,12 @@ class Task:
   def pack(self, examples: list[dict]) -> dict:
     raise NotImplementedError
 
+  def train_collate(self, row_multiple: int):
+    """How a step's examples become its training batch when the task lays rows out itself
+    (padding-free classification), with rows a multiple of `row_multiple`; None pads each
+    example (or packed group) to a row of its own."""
+    return None
+
   # --- model ------------------------------------------------------------------------------
   def model(self, backbone):
     raise NotImplementedError
