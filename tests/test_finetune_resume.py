@@ -31,6 +31,21 @@ def get_config():
 """
 
 
+# A small BERT from scratch, classifying padding-free (a step's examples share rows).
+PADDING_FREE_CONFIG = """
+from flaxlm.config_finetune import finetune_config, task_block, with_model_preset
+
+def get_config():
+  c = finetune_config()
+  with_model_preset(c, "bert", "bert_tiny")
+  c.model.update(num_layers=1, embed_dim=32, num_heads=2, mlp_dim=64, max_len=64)
+  c.tokenizer.update(kind="wordpiece", vocab_size=200, special_tokens="bert", lowercase=True)
+  c.task = task_block("classification")
+  c.task.update(max_len=32, padding_free=True)
+  return c
+"""
+
+
 def lstm_args(tmp, task: str = "") -> list[str]:
   config = "--config=configs/finetune_sst2_lstm.py"
   if task:
@@ -41,8 +56,10 @@ def lstm_args(tmp, task: str = "") -> list[str]:
 
 def task_args(tmp, task: str) -> list[str]:
   """A tiny model and generated data for each task kind."""
-  lstm = lstm_args(tmp, "" if task == "classification" else task)
-  if task == "classification":
+  lstm = lstm_args(tmp, "" if task in ("classification", "padding_free") else task)
+  if task == "padding_free":
+    lstm = ["--config=" + files(tmp, "padding_free.py", PADDING_FREE_CONFIG)]
+  if task in ("classification", "padding_free"):
     text = "label\ttext\n" + "".join(
       f"{i % 2}\t{'good' if i % 2 else 'bad'} film {i}\n" for i in range(64)
     )
@@ -81,7 +98,7 @@ def task_args(tmp, task: str) -> list[str]:
           "--config.columns.response=target", *common]  # fmt: skip
 
 
-TASKS = ["classification", "token_classification", "qa", "seq2seq", "sft"]
+TASKS = ["classification", "padding_free", "token_classification", "qa", "seq2seq", "sft"]
 
 
 @pytest.mark.parametrize("task", TASKS)
