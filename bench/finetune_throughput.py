@@ -202,19 +202,23 @@ def main():
 
   flaxlm = FlaxlmSide(ft)
   peer = PeerSide(flaxlm, args.steps, args.hf_padding)
-  flaxlm_shapes = [flaxlm.dataset[s]["inputs"].shape for s in range(args.steps)]
-  hf_widths = [peer.batch(s)["input_ids"].shape[1] for s in range(args.steps)]
-  for s in range(args.steps):
-    if not np.array_equal(flaxlm.dataset[s]["labels"], peer.batch(s)["labels"].numpy()):
+  # Every step's batch on both sides, made once for the checks (timed runs make their own).
+  flaxlm_batches = [flaxlm.dataset[s] for s in range(args.steps)]
+  hf_batches = [peer.batch(s) for s in range(args.steps)]
+  flaxlm_shapes = [b["inputs"].shape for b in flaxlm_batches]
+  hf_widths = [b["input_ids"].shape[1] for b in hf_batches]
+  for s, (ours, theirs) in enumerate(zip(flaxlm_batches, hf_batches, strict=True)):
+    if not np.array_equal(ours["labels"], theirs["labels"].numpy()):
       raise RuntimeError(f"the two sides train on different examples at step {s}")
   if args.flaxlm_padding == args.hf_padding == "bucket":
     if [w for _, w in flaxlm_shapes] != hf_widths:
       raise RuntimeError("the two sides pad batches to different widths")
-    if not np.array_equal(flaxlm.dataset[0]["inputs"], peer.batch(0)["input_ids"]):
+    if not np.array_equal(flaxlm_batches[0]["inputs"], hf_batches[0]["input_ids"]):
       raise RuntimeError("the two sides' first batches differ")
   # One batch of each shape among the steps to run (flaxlm compiles once per shape).
   first_of = {shape: flaxlm_shapes.index(shape) for shape in sorted(set(flaxlm_shapes))}
-  compile_seconds = flaxlm.warm_up([flaxlm.dataset[s] for s in first_of.values()])
+  compile_seconds = flaxlm.warm_up([flaxlm_batches[s] for s in first_of.values()])
+  del flaxlm_batches, hf_batches
   peer_warm_seconds = peer.warm_up([hf_widths.index(w) for w in sorted(set(hf_widths))])
 
   times = {"flaxlm": [], "hf": []}

@@ -665,8 +665,9 @@ def test_real_gpt2_vocabulary(tmp_path):
 @pytest.mark.slow
 def test_finetune_from_hf_then_export_cli(tmp_path):
   """A tiny HF BERT (with its vocab.txt) fine-tuned through init_from='hf:<dir>' (padding-free,
-  as configs/finetune_sst2_minilm.py); the fine-tuned workdir exported by the CLI loads as BertForSequenceClassification and gives
-  flaxlm's logits, with the same token ids from the exported tokenizer."""
+  as configs/finetune_sst2_minilm.py); the fine-tuned workdir exported by the CLI loads as
+  BertForSequenceClassification and gives flaxlm's logits, with the same token ids from the
+  exported tokenizer."""
   from test_finetune import lstm_config, sentiment_rows
 
   from flaxlm import config_finetune, finetuned, finetuning

@@ -56,20 +56,20 @@ def lstm_args(tmp, task: str = "") -> list[str]:
 
 def task_args(tmp, task: str) -> list[str]:
   """A tiny model and generated data for each task kind."""
-  lstm = lstm_args(tmp, "" if task in ("classification", "padding_free") else task)
-  if task == "padding_free":
-    lstm = ["--config=" + files(tmp, "padding_free.py", PADDING_FREE_CONFIG)]
   if task in ("classification", "padding_free"):
+    bert = ["--config=" + files(tmp, "padding_free.py", PADDING_FREE_CONFIG)]
+    model = bert if task == "padding_free" else lstm_args(tmp)
     text = "label\ttext\n" + "".join(
       f"{i % 2}\t{'good' if i % 2 else 'bad'} film {i}\n" for i in range(64)
     )
     data = "tsv:" + files(tmp, "c.tsv", text)
     return [
-      *lstm,
+      *model,
       f"--config.train_data={data}",
       f"--config.eval_data={data}",
       "--config.columns.text=text",
     ]
+  lstm = lstm_args(tmp, task)
   if task == "token_classification":
     text = "".join(f"Anna{i} B-PER\nsaw O\nBerlin B-LOC\n\n" for i in range(64))
     data = "conll:" + files(tmp, "n.txt", text)

@@ -203,7 +203,7 @@ def pack_collate(pad_values: dict[str, int], width: int, row_multiple: int = 1) 
       room[row] -= lengths[i]
     rows = bucket_width(len(room), row_multiple)
     out = {}
-    for key in (k for k in examples[0] if k in pad_values):
+    for key in (k for k in examples[0] if k in pad_values and k != "segment_ids"):
       first = np.asarray(examples[0][key])
       out[key] = np.full((rows, width, *first.shape[1:]), pad_values[key], first.dtype)
       for e, (r, o, _) in zip(examples, place, strict=True):

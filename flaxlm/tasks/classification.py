@@ -88,7 +88,7 @@ class Classification(Task):
     if c.class_weights and c.problem != "single_label":
       raise ConfigError("task.class_weights applies to single_label classification")
     self.class_weights()  # parse now
-    if c.padding_free and (self.text_to_text or self.chars or not self.family.reads_packed_rows):
+    if c.padding_free and not self.family.reads_packed_rows:
       raise ConfigError(
         f"task.padding_free=True packs examples into shared rows, which model family "
         f"{self.family.name!r} does not read; use a BERT-style encoder or task.padding_free=False"
