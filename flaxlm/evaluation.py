@@ -52,16 +52,14 @@ def predictions(
   """(predictions: key -> list of per-example arrays, plus 'record': each example's record
   index and, for tasks that write text, 'text'; summed loss quantities). `generate`
   overrides whether text tasks decode (evaluations may skip it for speed)."""
-  predict = _compiled(trainable, "predict", lambda p, b: task.predict(trainable.model, p, b))
+  predict = _compiled(trainable, "predict_and_loss", _predict_and_loss(task, trainable))
   batch_sharding = sharding.batch_sharding(trainable.mesh)
   out: dict[str, list] = {}
   sums = None
   for batch in data.batches:
-    on_mesh = sharding.to_global(batch, batch_sharding)
-    rows = jax.device_get(predict(params, on_mesh))
+    rows, s = jax.device_get(predict(params, sharding.to_global(batch, batch_sharding)))
     for key, value in rows.items():
       out.setdefault(key, []).extend(list(np.asarray(value)))
-    s = jax.device_get(trainable.eval_step(params, on_mesh))
     sums = s if sums is None else jax.tree.map(np.add, sums, s)
   preds = {k: v[: data.count] for k, v in out.items()}
   preds["record"] = list(data.owners)
@@ -97,6 +95,14 @@ def scalars(metrics: dict) -> dict:
   return {
     k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
   }
+
+
+def _predict_and_loss(task: Task, trainable: Trainable):
+  """(per-row predictions, summed loss quantities) of a batch in one compiled call: the two
+  share the model's forward pass (XLA merges the identical computations), where separate
+  calls ran it twice."""
+  loss = trainable.eval_loss
+  return lambda params, batch: (task.predict(trainable.model, params, batch), loss(params, batch))
 
 
 def _compiled(trainable: Trainable, name: str, fn):

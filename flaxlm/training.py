@@ -195,10 +195,14 @@ class Trainable:
       donate_argnums=0,
     )
 
+  @property
+  def eval_loss(self) -> Callable:
+    """fn(params, batch) -> summed eval quantities, not compiled (to compose with others)."""
+    return functools.partial(eval_step, model=self.model, loss=self.loss, config=self.step_config)
+
   @functools.cached_property
   def eval_step(self):
-    fn = functools.partial(eval_step, model=self.model, loss=self.loss, config=self.step_config)
-    return self.jit_params_batch(fn)
+    return self.jit_params_batch(self.eval_loss)
 
   def jit_params_batch(self, fn: Callable):
     """fn(params, batch) jitted on this layout; outputs are replicated to every host (summed
