@@ -90,6 +90,27 @@ def evaluate(task: Task, trainable: Trainable, params, data: EvalSet, generate=N
   return out
 
 
+class Remembered:
+  """The loop's evaluations of a task, keeping the last one whole: when it scored the params
+  the run ends with (the best, or no best kept) and decoded text as the final one would, the
+  final evaluation is that one, not a second dev pass (minutes with beam search)."""
+
+  def __init__(self, task: Task, trainable: Trainable, data: EvalSet):
+    self.task, self.trainable, self.data = task, trainable, data
+    self.last: dict | None = None
+
+  def evaluate(self, params) -> dict:
+    self.last = evaluate(self.task, self.trainable, params, self.data)
+    return self.last
+
+  def scored_final(self, result) -> bool:
+    """True when the last evaluation stands for the final one of `result` (a loop.Result)."""
+    if self.last is None or result.interrupted or result.early_stopped:
+      return False
+    best_is_last = result.best is None or result.best.get("step") == result.step
+    return best_is_last and getattr(self.task, "generates", True)
+
+
 def scalars(metrics: dict) -> dict:
   """The numeric metrics (what metrics.jsonl and the progress line take)."""
   return {

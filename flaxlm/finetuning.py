@@ -342,6 +342,7 @@ def train(
       overrides = transfer.backbone_overrides(trainable.abstract_state.params, pretrained)
     max_width = getattr(task.config, "max_len", 0)
     dev = evaluation.eval_set(task, dev_records, ft.eval_batch_size, max_width)
+    in_loop = evaluation.Remembered(task, trainable, dev)
     ft_json = config_json or {}
     job_meta = _meta(task, tokenizer, family, model_config, ft_json)
     mean_tokens = float(np.mean([task.tokens_per_example(e) for e in examples]))
@@ -350,7 +351,7 @@ def train(
       dataset=training_rows(
         task, examples, ft.batch_size, ft.seed, max_width, sharding.data_parallel_size(mesh)
       ),
-      evaluate=lambda params: evaluation.scalars(evaluation.evaluate(task, trainable, params, dev)),
+      evaluate=lambda params: evaluation.scalars(in_loop.evaluate(params)),
       meta=lambda: job_meta,
       initial_state=lambda: trainable.init_state(ft.seed, overrides),
       tokens_per_step=int(ft.batch_size * mean_tokens)
@@ -367,10 +368,13 @@ def train(
   if result.interrupted:
     return out
   params = result.state.params
-  best_params = restore_params(workdir.best, trainable)
-  final = evaluation.evaluate(
-    task, trainable, best_params if best_params is not None else params, dev, generate=True
-  )
+  if in_loop.scored_final(result):  # the last evaluation was of these params, text included
+    final = in_loop.last
+  else:
+    best_params = restore_params(workdir.best, trainable)
+    final = evaluation.evaluate(
+      task, trainable, best_params if best_params is not None else params, dev, generate=True
+    )
   name = "dev" if records else reporting.data_name(ft.eval_data or ft.train_data)
   reporting.write_eval_report(workdir, name, final, task.labels)
   if jax.process_index() == 0:

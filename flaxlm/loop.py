@@ -217,6 +217,8 @@ def run(
       state, step_metrics = trainable.train_step(state, batch)
       step += 1
       pending.append(step_metrics)
+      if len(pending) > 2:  # dispatch runs at most two steps ahead, so a stop saves promptly
+        jax.block_until_ready(pending[-3])
       throughput.tick()
       if step == start + 1:  # leave compilation out of the throughput
         jax.block_until_ready(step_metrics)

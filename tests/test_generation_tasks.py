@@ -154,11 +154,18 @@ def seq2seq_config(tmp, family="encdec", task="seq2seq", **overrides):
 
 @pytest.mark.parametrize("family, task", [("encdec", "seq2seq"), ("gpt", "sft")])
 @pytest.mark.slow  # CI runs it; the default suite stays under 15 minutes
-def test_generation_tasks_train_score_and_predict_like_generate(family, task, tmp_path):
-  """A short run ends with ROUGE / BLEU of generated text; predicting again from the saved
-  workdir writes exactly the text the final evaluation scored."""
+def test_generation_tasks_train_score_and_predict_like_generate(
+  family, task, tmp_path, monkeypatch
+):
+  """A short run ends with ROUGE / BLEU of generated text, decoded once (the evaluation at the
+  last step is the final one); predicting again from the saved workdir writes exactly the
+  text the final evaluation scored."""
   c = seq2seq_config(tmp_path, family, task)
+  cls, decoded = task_class(task), []
+  generate = cls.generate
+  monkeypatch.setattr(cls, "generate", lambda *a, **k: decoded.append(1) or generate(*a, **k))
   result = finetuning.train(config_finetune.from_config_dict(c), tmp_path / "workdir")
+  assert len(decoded) == 1
   for key in ("eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_bleu", "eval_loss"):
     assert np.isfinite(result[key]), key
   out = tmp_path / "pred.jsonl"
