@@ -357,7 +357,7 @@ def train(
       tokens_per_step=int(ft.batch_size * mean_tokens)
       if task.name == "token_classification"
       else 0,
-      examples_per_step=ft.batch_size,
+      examples_per_step=ft.batch_size * task.group,  # a packed row holds task.group examples
     )
     reporting.log_task_model(trainable, family, len(examples), len(dev_records))
     result = loop.run(job, ft.loop, workdir, ckpt, restored)

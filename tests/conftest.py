@@ -37,6 +37,14 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory):
+  """Tiny Hugging Face models, each built and saved on first use (tests/hf_tiny.py; torch)."""
+  import hf_tiny
+
+  return hf_tiny.TinyHF(tmp_path_factory.mktemp("tiny_hf"))
+
+
 @pytest.fixture
 def tfds_dir(tmp_path_factory):
   """A TFDS cache shared by the tests of one session (building python-docs takes ~1 s)."""
