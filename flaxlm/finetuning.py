@@ -92,11 +92,6 @@ def check(ft: FinetuneConfig, workdir: Workdir | None = None) -> None:
   validation.check_batches(
     ft.batch_size, ft.eval_batch_size, ft.step.accum_steps, validation.make_mesh(ft.mesh)
   )
-  if getattr(ft.task, "padding_free", False) and ft.step.accum_steps > 1:
-    raise ConfigError(
-      "task.padding_free=True lays a step's examples out in shared rows, which accum_steps "
-      f"cannot split into microbatches; use accum_steps=1 (not {ft.step.accum_steps})"
-    )
   if workdir is not None:
     workdir.prepare()
 
@@ -261,13 +256,19 @@ def check_resume(meta: dict, ft: FinetuneConfig, directory) -> None:
 
 
 def training_rows(
-  task, examples: list[dict], batch_size: int, seed: int, max_width: int, row_multiple: int = 1
+  task,
+  examples: list[dict],
+  batch_size: int,
+  seed: int,
+  max_width: int,
+  row_multiple: int = 1,
+  microbatches: int = 1,
 ):
   """The batches the loop trains on: shuffled examples, `task.group` of them packed into each
   row when the task packs (SFT, seq2seq with task.pack), padded by length; or laid out by the
-  task (padding-free classification: rows a multiple of `row_multiple`)."""
+  task (padding-free classification: rows a multiple of `row_multiple`, for `microbatches`)."""
   row = (lambda of_row, rng: task.pack(of_row)) if task.group > 1 else (lambda e, rng: e)
-  collate = task.train_collate(row_multiple) or pipeline.pad_collate(
+  collate = task.train_collate(row_multiple, microbatches) or pipeline.pad_collate(
     task.pad_values, max_width=max_width
   )
   return pipeline.batches(examples, row, batch_size, seed, group=task.group, collate=collate)
@@ -349,8 +350,14 @@ def train(
     job = loop.Job(
       trainable=trainable,
       dataset=training_rows(
-        task, examples, ft.batch_size, ft.seed, max_width, sharding.data_parallel_size(mesh)
-      ),
+        task,
+        examples,
+        ft.batch_size,
+        ft.seed,
+        max_width,
+        sharding.data_parallel_size(mesh),
+        ft.step.accum_steps,
+      ),  # fmt: skip
       evaluate=lambda params: evaluation.scalars(in_loop.evaluate(params)),
       meta=lambda: job_meta,
       initial_state=lambda: trainable.init_state(ft.seed, overrides),

@@ -100,26 +100,42 @@ def bert_config(tmp, **overrides):
 
 
 def test_padding_free_finetuning_trains_as_padded(tmp_path):
-  """finetuning.train on 8 emulated data-parallel devices, padded and padding-free: the same
-  losses step by step and the same dev accuracy."""
+  """finetuning.train on 8 emulated data-parallel devices, padded, padding-free, and
+  padding-free in 2 accumulated microbatches: the same losses step by step and the same dev
+  accuracy."""
   results, losses = {}, {}
-  for padding_free in (False, True):
-    workdir = tmp_path / f"padding_free_{padding_free}"
-    c = bert_config(tmp_path)
+  for padding_free, accum in ((False, 1), (True, 1), (True, 2)):
+    workdir = tmp_path / f"padding_free_{padding_free}_{accum}"
+    c = bert_config(tmp_path, accum_steps=accum)
     c.task.padding_free = padding_free
-    results[padding_free] = finetuning.train(config_finetune.from_config_dict(c), workdir)
+    results[accum, padding_free] = finetuning.train(config_finetune.from_config_dict(c), workdir)
     lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-    losses[padding_free] = [x["loss"] for x in lines if "loss" in x]
-  assert len(losses[True]) == 12
-  np.testing.assert_allclose(losses[True], losses[False], rtol=2e-4)
-  assert results[True]["eval_accuracy"] == results[False]["eval_accuracy"]
+    losses[accum, padding_free] = [x["loss"] for x in lines if "loss" in x]
+  assert len(losses[1, True]) == len(losses[2, True]) == 12
+  for run in ((1, True), (2, True)):
+    np.testing.assert_allclose(losses[run], losses[1, False], rtol=2e-4)
+    assert results[run]["eval_accuracy"] == results[1, False]["eval_accuracy"]
+
+
+def test_microbatches_are_packed_apart_and_interleaved():
+  """pack_collate for accum_steps=2: each half of the examples packed into rows of its own,
+  laid out as the train step splits a batch (microbatch i: rows i, i + 2, ...)."""
+  task, _, examples = tiny_task(padding_free=True)
+  both = task.train_collate(2, microbatches=2)(examples)
+  halves = [task.train_collate(2)(examples[:4]), task.train_collate(2)(examples[4:])]
+  rows = max(h["inputs"].shape[0] for h in halves)
+  for i, half in enumerate(halves):
+    micro = {k: v[i::2] for k, v in both.items()}
+    np.testing.assert_array_equal(micro["labels"], half["labels"])
+    np.testing.assert_array_equal(micro["pool_index"], half["pool_index"])
+    for key in ("inputs", "segment_ids", "positions"):
+      assert micro[key].shape[0] == rows
+      n = half[key].shape[0]
+      np.testing.assert_array_equal(micro[key][:n], half[key])
+      assert not micro[key][n:].any()  # rows added to match the other half: padding
 
 
 def test_padding_free_is_refused_where_it_cannot_work(tmp_path):
-  c = bert_config(tmp_path, accum_steps=2)
-  c.task.padding_free = True
-  with pytest.raises(ConfigError, match="accum_steps"):
-    finetuning.check(config_finetune.from_config_dict(c))
   c = lstm_config(tmp_path)
   c.task.padding_free = True
   with pytest.raises(ConfigError, match="model family 'lstm'"):

@@ -177,7 +177,9 @@ def pad_collate(pad_values: dict[str, int], multiple: int = 16, max_width: int =
   return collate
 
 
-def pack_collate(pad_values: dict[str, int], width: int, row_multiple: int = 1) -> Callable:
+def pack_collate(
+  pad_values: dict[str, int], width: int, row_multiple: int = 1, microbatches: int = 1
+) -> Callable:
   """Padding-free batches of one-sequence examples: each example goes whole into the first
   `width`-wide row with room for it (longest first), so 32 short texts fill a few rows
   instead of 32 padded ones. Token fields (those in `pad_values`) become (R, width), R rounded
@@ -185,37 +187,67 @@ def pack_collate(pad_values: dict[str, int], width: int, row_multiple: int = 1) 
   `segment_ids` number a row's examples 1, 2, ... (attention stays within each) and
   `positions` restart at 0 in each. Other fields stay one per example (B, ...) in the
   examples' order, and `pool_index` (B,) is each example's first token in the flattened
-  (R * width) tokens: where its [CLS] state is read."""
+  (R * width) tokens: where its [CLS] state is read.
+
+  `microbatches` > 1 (accum_steps): the examples split in that many equal parts in order,
+  each packed into the same number of rows, interleaved the way the train step splits a
+  batch (microbatch i: rows i, i + microbatches, ... and likewise examples), with
+  `pool_index` counting within its microbatch."""
 
   def collate(examples: list[dict]) -> dict[str, np.ndarray]:
-    lengths = [len(e["segment_ids"]) for e in examples]
-    if max(lengths) > width:
-      raise ValueError(f"an example of {max(lengths)} tokens does not fit a row of {width}")
-    room, held = [], []  # per row: free columns, examples placed
-    place = [(0, 0, 0)] * len(examples)  # per example: (row, offset, segment id)
-    for i in sorted(range(len(examples)), key=lambda i: -lengths[i]):
-      row = next((r for r, free in enumerate(room) if free >= lengths[i]), len(room))
-      if row == len(room):
-        room.append(width)
-        held.append(0)
-      held[row] += 1
-      place[i] = (row, width - room[row], held[row])
-      room[row] -= lengths[i]
-    rows = bucket_width(len(room), row_multiple)
-    out = {}
-    for key in (k for k in examples[0] if k in pad_values and k != "segment_ids"):
-      first = np.asarray(examples[0][key])
-      out[key] = np.full((rows, width, *first.shape[1:]), pad_values[key], first.dtype)
-      for e, (r, o, _) in zip(examples, place, strict=True):
-        out[key][r, o : o + len(e[key])] = e[key]
-    out["segment_ids"] = np.zeros((rows, width), np.int32)
-    out["positions"] = np.zeros((rows, width), np.int32)
-    for n, (r, o, segment) in zip(lengths, place, strict=True):
-      out["segment_ids"][r, o : o + n] = segment
-      out["positions"][r, o : o + n] = np.arange(n)
-    for key in (k for k in examples[0] if k not in pad_values):
-      out[key] = np.stack([e[key] for e in examples])
-    out["pool_index"] = np.asarray([r * width + o for r, o, _ in place], np.int32)
-    return out
+    if len(examples) % microbatches:
+      raise ValueError(f"{len(examples)} examples do not split into {microbatches} microbatches")
+    n = len(examples) // microbatches
+    parts = [examples[i * n : (i + 1) * n] for i in range(microbatches)]
+    layouts = [_rows_for(part, width) for part in parts]
+    rows = bucket_width(max(used for used, _ in layouts), row_multiple)
+    packed = [
+      _packed(part, place, rows, width, pad_values)
+      for part, (_, place) in zip(parts, layouts, strict=True)
+    ]
+    if microbatches == 1:
+      return packed[0]
+    return {  # (rows, ...) x microbatches -> (rows * microbatches, ...), interleaved
+      key: np.stack([p[key] for p in packed], axis=1).reshape(-1, *packed[0][key].shape[1:])
+      for key in packed[0]
+    }
 
   return collate
+
+
+def _rows_for(examples: list[dict], width: int) -> tuple[int, list[tuple[int, int, int]]]:
+  """(rows used, per example (row, offset, segment id)): first fit, longest first."""
+  lengths = [len(e["segment_ids"]) for e in examples]
+  if max(lengths) > width:
+    raise ValueError(f"an example of {max(lengths)} tokens does not fit a row of {width}")
+  room, held = [], []  # per row: free columns, examples placed
+  place = [(0, 0, 0)] * len(examples)
+  for i in sorted(range(len(examples)), key=lambda i: -lengths[i]):
+    row = next((r for r, free in enumerate(room) if free >= lengths[i]), len(room))
+    if row == len(room):
+      room.append(width)
+      held.append(0)
+    held[row] += 1
+    place[i] = (row, width - room[row], held[row])
+    room[row] -= lengths[i]
+  return len(room), place
+
+
+def _packed(examples, place, rows: int, width: int, pad_values) -> dict[str, np.ndarray]:
+  """The examples written at their places in `rows` rows of `width` (see pack_collate)."""
+  out = {}
+  for key in (k for k in examples[0] if k in pad_values and k != "segment_ids"):
+    first = np.asarray(examples[0][key])
+    out[key] = np.full((rows, width, *first.shape[1:]), pad_values[key], first.dtype)
+    for e, (r, o, _) in zip(examples, place, strict=True):
+      out[key][r, o : o + len(e[key])] = e[key]
+  out["segment_ids"] = np.zeros((rows, width), np.int32)
+  out["positions"] = np.zeros((rows, width), np.int32)
+  for e, (r, o, segment) in zip(examples, place, strict=True):
+    n = len(e["segment_ids"])
+    out["segment_ids"][r, o : o + n] = segment
+    out["positions"][r, o : o + n] = np.arange(n)
+  for key in (k for k in examples[0] if k not in pad_values):
+    out[key] = np.stack([e[key] for e in examples])
+  out["pool_index"] = np.asarray([r * width + o for r, o, _ in place], np.int32)
+  return out

@@ -99,10 +99,11 @@ class Task:
   def pack(self, examples: list[dict]) -> dict:
     raise NotImplementedError
 
-  def train_collate(self, row_multiple: int):
+  def train_collate(self, row_multiple: int, microbatches: int = 1):
     """How a step's examples become its training batch when the task lays rows out itself
-    (padding-free classification), with rows a multiple of `row_multiple`; None pads each
-    example (or packed group) to a row of its own."""
+    (padding-free classification), with rows a multiple of `row_multiple`, laid out for
+    `microbatches` (accum_steps); None pads each example (or packed group) to a row of its
+    own."""
     return None
 
   # --- model ------------------------------------------------------------------------------

@@ -167,12 +167,12 @@ class Classification(Task):
         f"{record[WHERE]}: label {name!r} is not one of the training labels {self.labels}"
       ) from None
 
-  def train_collate(self, row_multiple: int):
+  def train_collate(self, row_multiple: int, microbatches: int = 1):
     if not self.config.padding_free:
       return None
     from flaxlm.data import pipeline  # Grain: not loaded by reading a config
 
-    return pipeline.pack_collate(self.pad_values, self.config.max_len, row_multiple)
+    return pipeline.pack_collate(self.pad_values, self.config.max_len, row_multiple, microbatches)
 
   # --- model ------------------------------------------------------------------------------
   def model(self, backbone):
