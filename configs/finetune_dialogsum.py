@@ -8,7 +8,9 @@ Data: ../shared/data/dialogsum/train.jsonl (12,460 dialogue / summary pairs) and
 (500), scored by ROUGE-1/2/L (rouge-score) and BLEU; README shows the lead-3 baseline
 (`python bench/dialogsum_lead.py`) beside it. One 8k SentencePiece vocabulary for both
 sides; dialogues cut to 384 tokens, summaries to 64; label smoothing 0.1.
-Hardware: 2 CPU cores. Time and result: see README (Fine-tuning results).
+Hardware: 2 CPU cores. Measured 2026-12-02: ROUGE-1/2/L 33.48 / 8.76 / 27.17, BLEU 17.05 on
+dev after 2,400 steps (lead-3: 28.36 / 7.80 / 21.47), 9,816 s of loop (~2.7 h, resumed three
+times); README (Fine-tuning results) has the steps between.
 """
 
 from flaxlm.config_finetune import finetune_config, task_block, with_model_preset
