@@ -7,11 +7,13 @@ import signal
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from flaxlm import pretraining, training
 from flaxlm.config import default_config, from_config_dict
 
 
+@pytest.mark.slow  # CI runs it; the default suite stays under 15 minutes
 def test_host_runs_at_most_two_steps_ahead_and_sigterm_saves_there(tmp_path, monkeypatch):
   """Each step carries ~7 GFLOP of extra matrix products, so the device is far slower than
   the host's dispatch (milliseconds). At every dispatch at most two earlier steps are still
