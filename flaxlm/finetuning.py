@@ -347,17 +347,12 @@ def train(
     ft_json = config_json or {}
     job_meta = _meta(task, tokenizer, family, model_config, ft_json)
     mean_tokens = float(np.mean([task.tokens_per_example(e) for e in examples]))
+    dp = sharding.data_parallel_size(mesh)
     job = loop.Job(
       trainable=trainable,
       dataset=training_rows(
-        task,
-        examples,
-        ft.batch_size,
-        ft.seed,
-        max_width,
-        sharding.data_parallel_size(mesh),
-        ft.step.accum_steps,
-      ),  # fmt: skip
+        task, examples, ft.batch_size, ft.seed, max_width, dp, ft.step.accum_steps
+      ),
       evaluate=lambda params: evaluation.scalars(in_loop.evaluate(params)),
       meta=lambda: job_meta,
       initial_state=lambda: trainable.init_state(ft.seed, overrides),
