@@ -7,7 +7,9 @@
 
 Training resumes like train.py and ends by evaluating the best checkpoint on the dev set.
 `evaluate` and `predict` read the task, tokenizer, labels and column mapping from the
-workdir's best checkpoint; `--config.columns.<name>=<field>` remaps columns for another file.
+workdir's best checkpoint; `--config.columns.<name>=<field>` remaps columns for another file
+and generation tasks decode as trained unless --beam_size / --alpha / --max_new_tokens /
+--no_repeat_ngram say.
 Both print one JSON line of metrics (or a count) as their last line.
 """
 
@@ -30,6 +32,12 @@ _EVAL_DATA = flags.DEFINE_string(
 )
 _OUTPUT = flags.DEFINE_string("output", "", "predict: the JSONL file to write.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "evaluate/predict: examples per batch.")
+_BEAM_SIZE = flags.DEFINE_integer("beam_size", None, "evaluate/predict: beams (0: greedy).")
+_ALPHA = flags.DEFINE_float("alpha", None, "evaluate/predict: beam length penalty.")
+_NEW = flags.DEFINE_integer("max_new_tokens", None, "evaluate/predict: tokens generated at most.")
+_NO_REPEAT = flags.DEFINE_integer(
+  "no_repeat_ngram", None, "evaluate/predict, greedy: no n-gram of this size twice in an output."
+)
 cli.define_distributed_flags()
 
 
@@ -42,6 +50,15 @@ def column_overrides(argv: list[str]) -> dict:
       name, value = m.groups()
       found[name] = int(value) if name.endswith("_index") else value
   return found
+
+
+def decoding_overrides() -> dict:
+  """The task fields that the decoding flags change (evaluate / predict); unset ones stay."""
+  given = {
+    "beam_size": _BEAM_SIZE.value, "alpha": _ALPHA.value, "max_new_tokens": _NEW.value,
+    "no_repeat_ngram": _NO_REPEAT.value,
+  }  # fmt: skip
+  return {k: v for k, v in given.items() if v is not None}
 
 
 def _cross_validate(ft, workdir: str, config_json: dict) -> None:
@@ -73,14 +90,16 @@ def main(argv):
   if not _EVAL_DATA.value:
     sys.exit(f"finetune.py: --mode={_MODE.value} needs --eval_data=<spec> (e.g. tsv:dev.tsv)")
   cli.init_distributed()
-  columns = column_overrides(argv)
+  columns, task = column_overrides(argv), decoding_overrides()
   with cli.user_errors("finetune.py"):
     if _MODE.value == "evaluate":
-      out = finetuned.evaluate(workdir, _EVAL_DATA.value, columns, _BATCH.value)
+      out = finetuned.evaluate(workdir, _EVAL_DATA.value, columns, _BATCH.value, task)
     else:
       if not _OUTPUT.value:
         sys.exit("finetune.py: --mode=predict needs --output=<file.jsonl>")
-      count = finetuned.predict(workdir, _EVAL_DATA.value, _OUTPUT.value, columns, _BATCH.value)
+      count = finetuned.predict(
+        workdir, _EVAL_DATA.value, _OUTPUT.value, columns, _BATCH.value, task
+      )
       out = {"num_examples": count, "output": _OUTPUT.value}
   if jax.process_index() == 0:
     print(json.dumps(out))

@@ -6,9 +6,11 @@
 
 Data: ../shared/data/dialogsum/train.jsonl (12,460 dialogue / summary pairs) and dev.jsonl
 (500), scored by ROUGE-1/2/L (rouge-score) and BLEU on greedy summaries; README shows the
-lead-3 baseline (`python bench/dialogsum_lead.py`) beside it. Rows of 512 tokens pack up to 2
+lead-3 baseline (`python bench/dialogsum_lead.py`) beside it. Rows of 512 tokens pack 2
 examples; the dialogue keeps its last 448 tokens; summaries up to 64 tokens.
-Hardware: 2 CPU cores. Time and result: see README (Fine-tuning results).
+Hardware: 2 CPU cores. Measured 2026-12-03: 8,574 s (2.4 h, ~5.3 s a step) for 1,500 steps;
+dev ROUGE-1 31.11, ROUGE-2 8.04, ROUGE-L 25.60, BLEU 16.32 (lead-3: 28.36 / 7.80 / 21.47);
+29.51 / 6.14 / 24.37 at step 750. Details in README (Fine-tuning results).
 """
 
 from flaxlm.config_finetune import finetune_config, task_block
@@ -32,12 +34,12 @@ def get_config():
   c.columns.prompt = "dialogue"
   c.columns.response = "summary"
   c.batch_size = 16
-  c.num_train_steps = 1200
+  c.num_train_steps = 1500
   c.learning_rate = 5e-4
   c.schedule = "linear"
   c.warmup_steps = 100
   c.weight_decay = 0.01
-  c.eval_every = 400
-  c.checkpoint_every = 400
+  c.eval_every = 750
+  c.checkpoint_every = 250
   c.eval_batch_size = 32
   return c

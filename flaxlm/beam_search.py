@@ -28,6 +28,14 @@ def _take_rows(cache, rows: jax.Array, n: int):
   )
 
 
+def gather_rows(cache, rows: jax.Array, batch_axis: int = 0):
+  """Every cache array's batch rows taken at `rows` along `batch_axis` (1 for nn.scan-stacked
+  layers); arrays with nothing past that axis (scalars, per-layer cache indices) stay."""
+  return jax.tree.map(
+    lambda x: jnp.take(x, rows, axis=batch_axis) if x.ndim > batch_axis + 1 else x, cache
+  )
+
+
 def beam_search(
   step_fn,
   cache,

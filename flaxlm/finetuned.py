@@ -20,7 +20,7 @@ from flaxlm.data import formats, tokenizers
 from flaxlm.errors import CheckpointMismatchError, DataError, DataNotFoundError
 from flaxlm.finetuning import Model, build
 from flaxlm.models import registry
-from flaxlm.tasks import Columns, Task, task_class
+from flaxlm.tasks import Columns, Task, config_from_block, task_class
 from flaxlm.workdir import Workdir
 
 
@@ -42,9 +42,10 @@ def workdir_kind(workdir) -> str | None:
 # --- evaluate, predict, load ------------------------------------------------------------------
 
 
-def load(workdir, mesh=None, columns: dict | None = None) -> Model:
+def load(workdir, mesh=None, columns: dict | None = None, task: dict | None = None) -> Model:
   """The fine-tuned model of a workdir (its best checkpoint, else its newest), with its task,
-  labels, tokenizer and column mapping; `columns` overrides fields of the mapping."""
+  labels, tokenizer and column mapping; `columns` overrides fields of the mapping and `task`
+  fields of the task's config (how it decodes: {'beam_size': 4})."""
   workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
   source = workdir.best if workdir.best.exists() else workdir.checkpoints
   if not source.exists():
@@ -65,18 +66,19 @@ def load(workdir, mesh=None, columns: dict | None = None) -> Model:
   ft = from_saved(meta["config"])
   saved = meta["task"]
   cls = task_class(saved["name"])
-  task_config = cls.Config(
-    **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["config"].items()}
-  )
+  task_config = config_from_block(cls, {
+    **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["config"].items()},
+    **(task or {}),
+  })  # fmt: skip
   column_fields = {**saved["columns"], **(columns or {})}
   family = meta["model_family"]
   model_config = registry.model_config(family, meta["model"])
   tokenizer = tokenizers.tokenizer_from_json(meta["tokenizer"])
-  task = cls(task_config, Columns(**column_fields), registry.family_of(family), model_config,
+  task_obj = cls(task_config, Columns(**column_fields), registry.family_of(family), model_config,
              tokenizer, saved["labels"])  # fmt: skip
   mesh = mesh or sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
   ft = dataclasses.replace(ft, freeze_backbone=False, mesh=dict(mesh.shape))
-  trainable = build(task, family, model_config, ft, mesh)
+  trainable = build(task_obj, family, model_config, ft, mesh)
   ckpt = Checkpointer(source, async_save=False, create=False)
   try:
     if source == workdir.best:
@@ -86,7 +88,7 @@ def load(workdir, mesh=None, columns: dict | None = None) -> Model:
       params = ckpt.restore(trainable.abstract_state)[1].params
   finally:
     ckpt.close()
-  return Model(task, trainable, tokenizer, family, model_config, params)
+  return Model(task_obj, trainable, tokenizer, family, model_config, params)
 
 
 # Hugging Face task heads -> flaxlm task names (flaxlm.convert's `Imported.task`).
@@ -141,10 +143,13 @@ def _eval_batch_size(model: Model, requested: int) -> int:
   return max(dp, -(-requested // dp) * dp)
 
 
-def evaluate(workdir, eval_data: str, columns: dict | None = None, batch_size: int = 32) -> dict:
-  """Metrics of a workdir's best checkpoint on `eval_data` (written to eval_<name>.json)."""
+def evaluate(
+  workdir, eval_data: str, columns: dict | None = None, batch_size: int = 32, task=None
+) -> dict:
+  """Metrics of a workdir's best checkpoint on `eval_data` (written to eval_<name>.json);
+  `columns` and `task` override the saved column mapping and task fields (see `load`)."""
   formats.check(eval_data, "eval_data")
-  model = load(workdir, columns=columns)
+  model = load(workdir, columns=columns, task=task)
   c = model.task.columns
   records = formats.read(eval_data, c.word_index, c.tag_index, "eval_data")
   if not records:
@@ -158,11 +163,16 @@ def evaluate(workdir, eval_data: str, columns: dict | None = None, batch_size: i
 
 
 def predict(
-  workdir, eval_data: str, output: str, columns: dict | None = None, batch_size: int = 32
+  workdir,
+  eval_data: str,
+  output: str,
+  columns: dict | None = None,
+  batch_size: int = 32,
+  task=None,
 ) -> int:
   """Writes one JSON object per record of `eval_data` to `output`; returns how many."""
   formats.check(eval_data, "eval_data")
-  model = load(workdir, columns=columns)
+  model = load(workdir, columns=columns, task=task)
   c = model.task.columns
   records = formats.read(eval_data, c.word_index, c.tag_index, "eval_data")
   width = getattr(model.task.config, "max_len", 0)

@@ -1,4 +1,5 @@
-"""Autoregressive sampling with a KV cache: greedy, temperature, top-k and top-p (nucleus).
+"""Autoregressive decoding of decoders with a KV cache: greedy, temperature, top-k and top-p
+(nucleus) sampling, and beam search (`beam_generate`).
 
 Serving-shaped: one batch holds prompts of different lengths, padded on the right or the
 left to P tokens. The prompt is prefilled in one pass; each row's tokens keep their own
@@ -18,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxlm.errors import DataError
+from flaxlm import beam_search as beam
+from flaxlm.errors import ConfigError, DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +31,7 @@ class SamplingConfig:
   top_p: float = 1.0  # 1 = off
   eos_id: int | None = None  # after EOS a row keeps emitting EOS; all rows ended: stop
   vocab_size: int = 0  # > 0: ids from here on (the model's padding rows) are never chosen
+  no_repeat_ngram: int = 0  # > 0: no n-gram of this size twice among the new tokens
 
 
 def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
@@ -56,6 +59,20 @@ def without_padded_vocab(logits: jax.Array, vocab_size: int) -> jax.Array:
   return logits
 
 
+def without_repeated_ngrams(logits: jax.Array, new: jax.Array, i, size: int) -> jax.Array:
+  """logits (B, V) with -inf at every token that would repeat an n-gram of `size` tokens
+  already among the new tokens new[:, :i] (B, N), as Hugging Face's no_repeat_ngram_size,
+  but over the new tokens only: a continuation may quote its prompt (a summary its text)."""
+  b, n = new.shape
+  start = jnp.arange(n)  # each earlier n-gram new[:, j : j + size], if wholly generated
+  at = lambda idx: jnp.take(new, jnp.clip(idx, 0, n - 1), axis=1)
+  match = jnp.broadcast_to(start + size - 1 < i, (b, n))
+  for t in range(size - 1):  # its first size - 1 tokens equal the last size - 1 generated
+    match = match & (at(start + t) == at(jnp.full((1,), i - size + 1 + t)))
+  banned = jnp.zeros(logits.shape, jnp.int32).at[jnp.arange(b)[:, None], at(start + size - 1)]
+  return jnp.where(banned.max(match.astype(jnp.int32)) > 0, -jnp.inf, logits)
+
+
 def choose(logits: jax.Array, rng: jax.Array, c: SamplingConfig) -> jax.Array:
   """Next token ids (B,) from last-position logits (B, V)."""
   logits = without_padded_vocab(logits, c.vocab_size)
@@ -71,6 +88,26 @@ def to_bf16(model, params):
   model = model.clone(config=dataclasses.replace(model.config, dtype="bfloat16"))
   cast = lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating) else x
   return model, jax.tree.map(cast, params)
+
+
+def _empty_cache(model, batch: int, length: int):
+  """A zero KV cache of `length` slots per row, shaped by the model's own init."""
+  tokens = jnp.zeros((batch, length), jnp.int32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, decode=True)["cache"])
+  return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+
+
+def _forward(model, params, cache, tokens, positions, segment_ids=None):
+  """-> (the cache with `tokens` written at its index, logits (B, T, V))."""
+  logits, mutated = model.apply(
+    {"params": params, "cache": cache},
+    tokens,
+    positions=positions,
+    segment_ids=segment_ids,
+    decode=True,
+    mutable=["cache"],
+  )
+  return mutated["cache"], logits
 
 
 @functools.partial(jax.jit, static_argnames=("model", "config", "pad_side"))
@@ -93,26 +130,9 @@ def generate(
   segments = ((slots >= offset) & (slots < offset + lengths[:, None])).astype(jnp.int32)
   positions = jnp.maximum(slots - offset, 0)  # each prompt starts at position 0
 
-  cache = jax.eval_shape(
-    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((b, p + n), jnp.int32), decode=True)[
-      "cache"
-    ]
-  )
-  cache = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), cache)
-
-  def forward(cache, tokens, positions, segment_ids=None):
-    logits, mutated = model.apply(
-      {"params": params, "cache": cache},
-      tokens,
-      positions=positions,
-      segment_ids=segment_ids,
-      decode=True,
-      mutable=["cache"],
-    )
-    return mutated["cache"], logits
-
+  forward = functools.partial(_forward, model, params)
   # Prefill every prompt in one pass; each row continues from its last prompt token.
-  cache, logits = forward(cache, prompt, positions, segments)
+  cache, logits = forward(_empty_cache(model, b, p + n), prompt, positions, segments)
   last = offset[:, 0] + lengths - 1
   logits = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]  # (B, V)
   fill = 0 if config.eos_id is None else config.eos_id
@@ -124,6 +144,8 @@ def generate(
 
   def body(carry):
     i, cache, logits, new, done = carry
+    if config.no_repeat_ngram:
+      logits = without_repeated_ngrams(logits, new, i, config.no_repeat_ngram)
     token = choose(logits, jax.random.fold_in(rng, i), config).astype(jnp.int32)
     if config.eos_id is not None:
       token = jnp.where(done, config.eos_id, token)
@@ -141,6 +163,48 @@ def generate(
   from_new = jnp.take_along_axis(new, jnp.clip(j - lengths[:, None], 0, n - 1), axis=1)
   out = jnp.where(j < lengths[:, None] + n, from_new, fill)
   return jnp.where(j < lengths[:, None], from_prompt, out)
+
+
+@functools.partial(
+  jax.jit, static_argnames=("model", "beam_size", "max_new_tokens", "eos_id", "alpha", "vocab_size")
+)
+def beam_generate(
+  model,
+  params,
+  prompt: jax.Array,  # (B, P) int32, each row right-padded to P
+  lengths: jax.Array,  # (B,) tokens of each prompt, >= 1
+  beam_size: int,
+  max_new_tokens: int,
+  eos_id: int,
+  alpha: float = 0.6,
+  vocab_size: int = 0,
+) -> tuple[jax.Array, jax.Array]:
+  """Beam search (`flaxlm.beam_search`, GNMT length penalty) over a decoder's continuations:
+  -> (new tokens (B, max_new_tokens), EOS-padded after the end; scores (B,), log-prob over
+  the length penalty). Each prompt but its last token is prefilled once, the cache is copied
+  to beam_size rows (row b * beam_size + j: beam j of prompt b), and the first beam step
+  reads the prompt's last token, so the search starts from every row's own position."""
+  b, p = prompt.shape
+  k, n = beam_size, max_new_tokens
+  lengths = lengths.astype(jnp.int32)
+  slots = jnp.broadcast_to(jnp.arange(p), (b, p))
+  before_last = (slots < lengths[:, None] - 1).astype(jnp.int32)
+  cache, _ = _forward(model, params, _empty_cache(model, b, p + n), prompt, slots, before_last)
+  batch_axis = 1 if getattr(model.config, "scan_layers", False) else 0  # nn.scan: layers first
+  rows = jnp.repeat(jnp.arange(b), k)
+  cache = beam.gather_rows(cache, rows, batch_axis)
+  last = jnp.take_along_axis(prompt, lengths[:, None] - 1, axis=1)[rows]  # (N, 1)
+  first_position = (lengths - 1)[rows]
+
+  def step(cache, tokens, i):
+    tokens = jnp.where(i == 0, last, tokens)  # beam_search's start token: the prompt's last
+    cache, logits = _forward(model, params, cache, tokens, (first_position + i)[:, None])
+    return without_padded_vocab(logits[:, -1], vocab_size), cache
+
+  return beam.beam_search(
+    step, cache, b, k, n, start_id=0, eos_id=eos_id, alpha=alpha,
+    gather_cache=lambda c, r: beam.gather_rows(c, r, batch_axis),
+  )  # fmt: skip
 
 
 def sample_texts(
@@ -208,14 +272,26 @@ def sample_text(
 
 
 def complete(
-  trainable, params, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int = 32
+  trainable,
+  params,
+  tokenizer,
+  prompts: list[list[int]],
+  max_new_tokens: int,
+  batch_size: int = 32,
+  beam_size: int = 0,
+  alpha: float = 0.6,
+  no_repeat_ngram: int = 0,
 ) -> list[str]:
-  """Greedy continuations (decoded text, up to EOS) of token-id prompts, in order, decoded in
-  batches of right-padded prompts (widths rounded up to a power of two times 16, so a few
-  programs compile)."""
+  """Continuations (decoded text, up to EOS) of token-id prompts, in order: greedy (with no
+  n-gram of `no_repeat_ngram` tokens twice, if > 0), or beam search with `beam_size` >= 1
+  beams and length penalty `alpha`. Prompts go in batches, right-padded to widths of a power
+  of two times 16, so a few programs compile."""
+  if beam_size and no_repeat_ngram:
+    raise ConfigError("no_repeat_ngram applies to greedy decoding; set beam_size=0 with it")
   config = SamplingConfig(
-    max_new_tokens, temperature=0.0, eos_id=tokenizer.eos_id, vocab_size=tokenizer.vocab_size
-  )
+    max_new_tokens, temperature=0.0, eos_id=tokenizer.eos_id, vocab_size=tokenizer.vocab_size,
+    no_repeat_ngram=no_repeat_ngram,
+  )  # fmt: skip
   out: list[str] = []
   for first in range(0, len(prompts), batch_size):
     chunk = prompts[first : first + batch_size]
@@ -227,12 +303,20 @@ def complete(
     for i, p in enumerate(chunk):
       batch[i, : len(p)], lengths[i] = p, len(p)
     with trainable.context():
-      tokens = generate(
-        trainable.model, params, jnp.asarray(batch), jax.random.PRNGKey(0), config,
-        jnp.asarray(lengths),
-      )  # fmt: skip
-    for p, row in zip(chunk, jax.device_get(tokens), strict=False):
-      new = [int(t) for t in row[len(p) : len(p) + max_new_tokens]]
+      if beam_size:
+        new, _ = beam_generate(
+          trainable.model, params, jnp.asarray(batch), jnp.asarray(lengths), beam_size,
+          max_new_tokens, tokenizer.eos_id, alpha, tokenizer.vocab_size,
+        )  # fmt: skip
+        rows = [row.tolist() for row in jax.device_get(new)]
+      else:
+        tokens = generate(
+          trainable.model, params, jnp.asarray(batch), jax.random.PRNGKey(0), config,
+          jnp.asarray(lengths),
+        )  # fmt: skip
+        rows = [row[len(p) : len(p) + max_new_tokens].tolist()
+                for p, row in zip(chunk, jax.device_get(tokens), strict=False)]  # fmt: skip
+    for new in rows[: len(chunk)]:
       if tokenizer.eos_id in new:
         new = new[: new.index(tokenizer.eos_id)]
       out.append(tokenizer.decode(new))

@@ -59,13 +59,6 @@ def init_cache(model, params, encoded, input_segments, decode_len: int):
   return mutated["cache"]
 
 
-def _gather_rows(cache, rows, batch_axis: int):
-  """Reorders the batch rows of every cache array (beam search); scalars stay as they are."""
-  return jax.tree.map(
-    lambda x: jnp.take(x, rows, axis=batch_axis) if x.ndim > batch_axis + 1 else x, cache
-  )
-
-
 @functools.partial(jax.jit, static_argnames=("model", "config", "start_id", "eos_id"))
 def decode(model, params, inputs, input_segments, rng, config: DecodeConfig, start_id, eos_id):
   """inputs, input_segments (B, S) -> (B, max_len) target ids (EOS-padded after the end)."""
@@ -94,7 +87,7 @@ def decode(model, params, inputs, input_segments, rng, config: DecodeConfig, sta
       start_id=start_id,
       eos_id=eos_id,
       alpha=config.alpha,
-      gather_cache=lambda c, rows: _gather_rows(c, rows, batch_axis),
+      gather_cache=lambda c, rows: beam.gather_rows(c, rows, batch_axis),
     )
     return tokens
 

@@ -155,11 +155,13 @@ def seq2seq_config(tmp, family="encdec", task="seq2seq", **overrides):
 @pytest.mark.parametrize("family, task", [("encdec", "seq2seq"), ("gpt", "sft")])
 @pytest.mark.slow  # CI runs it; the default suite stays under 15 minutes
 def test_generation_tasks_train_score_and_predict_like_generate(
-  family, task, tmp_path, monkeypatch
+  family, task, tmp_path, monkeypatch, scripts
 ):
   """A short run ends with ROUGE / BLEU of generated text, decoded once (the evaluation at the
   last step is the final one); predicting again from the saved workdir writes exactly the
-  text the final evaluation scored."""
+  text the final evaluation scored. The decoder's evaluate / predict take other decoding
+  settings: one beam without a length penalty scores as greedy did, and finetune.py
+  --mode=predict --no_repeat_ngram=1 writes what the library call writes."""
   c = seq2seq_config(tmp_path, family, task)
   cls, decoded = task_class(task), []
   generate = cls.generate
@@ -174,3 +176,17 @@ def test_generation_tasks_train_score_and_predict_like_generate(
   refs = [[p["target"]] for p in pairs(16, 1)]
   again = metrics.generation(texts, refs)
   assert again["rougeL"] == pytest.approx(result["eval_rougeL"])
+  if family != "gpt":
+    return
+  beam1 = finetuned.evaluate(tmp_path / "workdir", c.eval_data, task={"beam_size": 1, "alpha": 0.0})
+  assert beam1["eval_rougeL"] == pytest.approx(result["eval_rougeL"])
+  lib, cli = tmp_path / "lib.jsonl", tmp_path / "cli.jsonl"
+  finetuned.predict(tmp_path / "workdir", c.eval_data, str(lib), task={"no_repeat_ngram": 1})
+  done = scripts.run(
+    "finetune.py", f"--workdir={tmp_path / 'workdir'}", "--mode=predict",
+    f"--eval_data={c.eval_data}", f"--output={cli}", "--no_repeat_ngram=1", tiny=False,
+  )  # fmt: skip
+  assert done.returncode == 0, done.stderr[-3000:]
+  unrepeated = [json.loads(x)["prediction"] for x in cli.read_text().splitlines()]
+  assert unrepeated == [json.loads(x)["prediction"] for x in lib.read_text().splitlines()]
+  assert unrepeated != texts  # the setting took effect: greedy repeats bytes of its words

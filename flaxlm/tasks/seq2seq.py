@@ -2,7 +2,8 @@
 
 Encoder-decoders read the source and predict the target (teacher forcing) and generate it
 with beam search (`flaxlm.seq2seq_decoding`, as generate.py does); decoders read
-'source SEP target EOS' with the loss on the target alone, and continue the source greedily.
+'source SEP target EOS' with the loss on the target alone, and continue the source with
+beam search too (`flaxlm.sampling.beam_generate`; `beam_size=0`: greedily).
 Several references per example (`columns.target='summary1,summary2'`) are all scored; the
 first trains. ROUGE-1/2/L come from rouge-score and BLEU from sacreBLEU.
 """
@@ -25,8 +26,9 @@ class Seq2SeqConfig:
   max_len: int = 512  # source tokens, EOS included
   target_len: int = 128  # target tokens, EOS included
   prefix: str = ""  # prepended to every source, e.g. 'summarize: ' (T5)
-  beam_size: int = 4  # encoder-decoders (0: greedy); decoders decode greedily
-  alpha: float = 0.6  # beam length penalty
+  beam_size: int = 4  # beams in evaluation and predict (0: greedy)
+  alpha: float = 0.6  # beam length penalty ((5 + len) / 6) ** alpha
+  no_repeat_ngram: int = 0  # decoders, greedy: no n-gram of this size twice in an output
   max_new_tokens: int = 0  # generated tokens at most; 0 = target_len
   generate_in_eval: bool = True  # evaluations decode and score text (else loss only)
   pack: int = 1  # pairs per training row (as train.py packs them); rows of max_len + target_len
@@ -63,6 +65,10 @@ class Seq2Seq(Task):
     if self.family.kind == "encoder":
       raise ConfigError(f"task {self.name!r} generates text: use a decoder (gpt) or encdec model")
     ids = self.tokenizer.special_ids
+    if self.encdec and self.config.no_repeat_ngram:
+      raise ConfigError("task.no_repeat_ngram applies to decoders; encoder-decoders use beams")
+    if self.config.beam_size and self.config.no_repeat_ngram:
+      raise ConfigError("task.no_repeat_ngram applies to greedy decoding: set task.beam_size=0")
     if "eos" not in ids:
       raise ConfigError(
         f"task {self.name!r} needs an EOS token; the tokenizer reserves {sorted(ids)}"
@@ -169,14 +175,22 @@ class Seq2Seq(Task):
       return seq2seq_decoding.translate(
         trainable, params, self.tokenizer, sources, config, batch_size
       )
-    from flaxlm.sampling import complete
-
     ids = self.tokenizer.special_ids
     prompts = []
     for r in records:
       source, _ = self.prompt_and_target(r)
       prompts.append([*source[-(c.max_len - new_tokens - 1) :], ids.get("sep", ids["eos"])])
-    return complete(trainable, params, self.tokenizer, prompts, new_tokens, batch_size)
+    return self.continue_prompts(trainable, params, prompts, batch_size)
+
+  def continue_prompts(self, trainable, params, prompts: list[list[int]], batch_size: int):
+    """A decoder's continuations of token-id prompts, decoded as the task config says."""
+    from flaxlm.sampling import complete
+
+    c = self.config
+    return complete(
+      trainable, params, self.tokenizer, prompts, c.max_new_tokens or c.target_len, batch_size,
+      c.beam_size, c.alpha, c.no_repeat_ngram,
+    )  # fmt: skip
 
   def score(self, predictions: dict, records: list[dict]) -> dict:
     if "text" not in predictions:

@@ -5,8 +5,9 @@ counts the response tokens only. With chat records (`columns.messages`: a list o
 {'role', 'content'}), every turn is written with `turn_template` and the loss counts the
 assistant's turns; the last assistant turn is what evaluation generates. Training rows pack
 `pack` examples one after another (segment ids keep them apart in attention, positions
-restart), so short pairs do not waste the row. Evaluation generates greedily and scores
-ROUGE / BLEU against the response.
+restart), so short pairs do not waste the row. Evaluation generates greedily (optionally
+without repeating an n-gram of `no_repeat_ngram` tokens) or by beam search (`beam_size` >= 1)
+and scores ROUGE / BLEU against the response.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class SFTConfig:
   pack: int = 4  # examples per training row
   target_len: int = 128  # response tokens kept
   max_new_tokens: int = 0  # generated at most; 0 = target_len
+  beam_size: int = 0  # beams in evaluation and predict (0: greedy)
+  alpha: float = 0.6  # beam length penalty ((5 + len) / 6) ** alpha
+  no_repeat_ngram: int = 0  # greedy: no n-gram of this size twice in a response
   generate_in_eval: bool = True
 
   def __post_init__(self):
@@ -114,9 +118,7 @@ class SFT(Seq2Seq):
     return self.tokenizer.encode(self.source(record)), self.tokenizer.encode(target)
 
   def generate(self, trainable, params, records: list[dict], batch_size: int = 32) -> list[str]:
-    from flaxlm.sampling import complete
-
     c = self.config
     new_tokens = c.max_new_tokens or c.target_len
     prompts = [self.tokenizer.encode(self.source(r))[-(c.max_len - new_tokens) :] for r in records]
-    return complete(trainable, params, self.tokenizer, prompts, new_tokens, batch_size)
+    return self.continue_prompts(trainable, params, prompts, batch_size)
