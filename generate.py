@@ -6,6 +6,8 @@ lengths are padded; the loop stops when every row has ended):
       [--temperature=0.8] [--top_k=40] [--top_p=0.95] [--greedy] [--num_samples=2] [--seed=0]
   python generate.py --workdir=/tmp/flaxlm_tiny --prompt="The " --prompt="In " [--bf16]
   python generate.py --workdir=/tmp/flaxlm_tiny --prompt_file=prompts.txt  # one per line
+  python generate.py --workdir=/tmp/flaxlm_tiny --prompt="The " --beam_size=4 [--alpha=0.6]
+  python generate.py --workdir=/tmp/flaxlm_tiny --prompt="The " --greedy --no_repeat_ngram=3
 
 A fine-tuned seq2seq or SFT workdir (finetune.py) generates the same way. Encoder-decoder
 models (T5, Transformer) map each source line to a target line, with beam
@@ -25,10 +27,10 @@ import sys
 from absl import flags
 
 from flaxlm import cli, finetuned, seq2seq_decoding
-from flaxlm.errors import DataError
+from flaxlm.errors import ConfigError, DataError
 from flaxlm.models import registry
 from flaxlm.pretrained import load_trained
-from flaxlm.sampling import SamplingConfig, sample_texts
+from flaxlm.sampling import SamplingConfig, beam_texts, sample_texts
 
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "a train.py workdir holding checkpoints/, or hf:<Hugging Face folder>."
@@ -50,9 +52,14 @@ _SEED = flags.DEFINE_integer("seed", 0, "sampling seed.")
 _INPUT_FILE = flags.DEFINE_string("input_file", "", "encoder-decoder: one source per line.")
 _REFERENCE_FILE = flags.DEFINE_string("reference_file", "", "target lines: print sacreBLEU.")
 _OUTPUT_FILE = flags.DEFINE_string("output_file", "", "write the generated lines here.")
-_BEAM_SIZE = flags.DEFINE_integer("beam_size", 4, "encoder-decoder: beams (0: greedy/sampling).")
+_BEAM_SIZE = flags.DEFINE_integer(
+  "beam_size", None, "beams (0: greedy/sampling); default 4 for encoder-decoders, 0 for decoders."
+)
+_NO_REPEAT = flags.DEFINE_integer(
+  "no_repeat_ngram", 0, "decoders, without beams: no n-gram of this size twice in an output."
+)
 _ALPHA = flags.DEFINE_float("alpha", 0.6, "beam length penalty ((5 + len) / 6) ** alpha.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "encoder-decoder: sources per batch.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "beam search: prompts or sources per batch.")
 
 
 def _read_lines(path: str) -> list[str]:
@@ -66,20 +73,22 @@ def _read_lines(path: str) -> list[str]:
 
 
 def _sampling() -> SamplingConfig:
-  return SamplingConfig(
-    max_new_tokens=_MAX_NEW.value,
-    temperature=0.0 if _GREEDY.value else _TEMPERATURE.value,
-    top_k=_TOP_K.value,
-    top_p=_TOP_P.value,
-  )
+  temperature = 0.0 if _GREEDY.value else _TEMPERATURE.value
+  return SamplingConfig(_MAX_NEW.value, temperature, _TOP_K.value, _TOP_P.value,
+                        no_repeat_ngram=_NO_REPEAT.value)  # fmt: skip
 
 
 def _translate(trainable, params, tokenizer):
+  if _NO_REPEAT.value:
+    raise ConfigError("--no_repeat_ngram applies to decoders; encoder-decoders use --beam_size")
   sources = _read_lines(_INPUT_FILE.value) if _INPUT_FILE.value else _PROMPT.value
   # Target positions stop at the model's max_len; beam search stops early at EOS anyway.
   max_len = min(_MAX_NEW.value, trainable.model.config.max_len)
   config = seq2seq_decoding.DecodeConfig(
-    max_len=max_len, beam_size=_BEAM_SIZE.value, alpha=_ALPHA.value, sampling=_sampling()
+    max_len=max_len,
+    beam_size=4 if _BEAM_SIZE.value is None else _BEAM_SIZE.value,
+    alpha=_ALPHA.value,
+    sampling=_sampling(),
   )
   outputs = seq2seq_decoding.translate(
     trainable, params, tokenizer, sources, config, _BATCH_SIZE.value, _SEED.value
@@ -103,16 +112,18 @@ def _translate(trainable, params, tokenizer):
 
 def _continue(trainable, params, tokenizer):
   prompts = _read_lines(_PROMPT_FILE.value) if _PROMPT_FILE.value else _PROMPT.value
-  texts = sample_texts(
-    trainable,
-    params,
-    tokenizer,
-    prompts,
-    _sampling(),
-    seed=_SEED.value,
-    num_samples=_NUM_SAMPLES.value,
-    bf16=_BF16.value,
-  )
+  if _BEAM_SIZE.value:
+    if _NUM_SAMPLES.value > 1 or _BF16.value or _NO_REPEAT.value:
+      raise ConfigError("--beam_size decodes one float32 output a prompt: drop --num_samples, "
+                        "--bf16 and --no_repeat_ngram, or use --beam_size=0")  # fmt: skip
+    texts = beam_texts(trainable, params, tokenizer, prompts, _MAX_NEW.value, _BEAM_SIZE.value,
+                       _ALPHA.value, _BATCH_SIZE.value)  # fmt: skip
+    for j, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
+      print(f"--- {'best beam' if len(prompts) == 1 else f'prompt {j}, best beam'} ---")
+      print(f"{prompt}{text}")
+    return
+  texts = sample_texts(trainable, params, tokenizer, prompts, _sampling(), _SEED.value,
+                       _NUM_SAMPLES.value, _BF16.value)  # fmt: skip
   for j, (prompt, samples) in enumerate(zip(prompts, texts, strict=True)):
     for i, text in enumerate(samples):
       which = f"sample {i}" if len(prompts) == 1 else f"prompt {j}, sample {i}"

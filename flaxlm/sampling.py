@@ -207,6 +207,24 @@ def beam_generate(
   )  # fmt: skip
 
 
+def _prompt_ids(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+  """Token ids of text prompts (an empty one starts from EOS, or token 0); refuses prompts
+  that learned or sinusoidal positions cannot hold with `max_new_tokens` more."""
+  start = tokenizer.eos_id if tokenizer.eos_id is not None else 0
+  ids = [(tokenizer.encode(text) if text else []) or [start] for text in prompts]
+  limit = getattr(model.config, "max_len", None)
+  position = getattr(model.config, "position", "")
+  longest = max(len(x) for x in ids)
+  # Learned and sinusoidal positions are tables of max_len rows; JAX would clamp a position
+  # past the end silently. RoPE has no such limit.
+  if position in ("learned", "sinusoidal") and limit and longest + max_new_tokens > limit:
+    raise DataError(
+      f"prompt ({longest} tokens) + {max_new_tokens} new tokens exceeds the model's "
+      f"max_len={limit} {position} positions; ask for fewer tokens"
+    )
+  return ids
+
+
 def sample_texts(
   trainable,
   params,
@@ -220,19 +238,9 @@ def sample_texts(
   """Continuations of several prompts, decoded as one batch (`num_samples` rows each, the
   prompts right-padded): [prompt][sample] -> the new text. An empty prompt starts from EOS
   (or token 0)."""
-  start = tokenizer.eos_id if tokenizer.eos_id is not None else 0
-  ids = [(tokenizer.encode(text) if text else []) or [start] for text in prompts]
+  ids = _prompt_ids(trainable.model, tokenizer, prompts, config.max_new_tokens)
   model = trainable.model
-  limit = getattr(model.config, "max_len", None)
-  position = getattr(model.config, "position", "")
   longest = max(len(x) for x in ids)
-  # Learned and sinusoidal positions are tables of max_len rows; JAX would clamp a position
-  # past the end silently. RoPE has no such limit.
-  if position in ("learned", "sinusoidal") and limit and longest + config.max_new_tokens > limit:
-    raise DataError(
-      f"prompt ({longest} tokens) + {config.max_new_tokens} new tokens exceeds the model's "
-      f"max_len={limit} {position} positions; ask for fewer tokens"
-    )
   if tokenizer.eos_id is not None and config.eos_id is None:
     config = dataclasses.replace(config, eos_id=tokenizer.eos_id)
   if not config.vocab_size:
@@ -321,3 +329,13 @@ def complete(
         new = new[: new.index(tokenizer.eos_id)]
       out.append(tokenizer.decode(new))
   return out
+
+
+def beam_texts(
+  trainable, params, tokenizer, prompts: list[str], max_new_tokens: int, beam_size: int,
+  alpha: float = 0.6, batch_size: int = 32,
+) -> list[str]:  # fmt: skip
+  """The best beam's continuation (new text, up to EOS) of each text prompt, as generate.py
+  --beam_size decodes a decoder; prompts are encoded as `sample_texts` encodes them."""
+  ids = _prompt_ids(trainable.model, tokenizer, prompts, max_new_tokens)
+  return complete(trainable, params, tokenizer, ids, max_new_tokens, batch_size, beam_size, alpha)

@@ -177,6 +177,29 @@ def test_generate_samples_repeat_by_seed_and_greedy_matches_the_library(runs, sc
   )
 
 
+def test_generate_decoder_beams_match_greedy_and_the_library(runs, scripts):
+  """A decoder workdir decodes with --beam_size: one beam without length penalty is greedy
+  decoding, three beams print what flaxlm.sampling.beam_texts returns, and beams with
+  several samples are refused in one line."""
+  from flaxlm.sampling import beam_texts
+
+  workdir, proc = runs["gpt_tiny"]
+  assert proc.returncode == 0
+  args = ["--prompt=The dog", "--prompt=A", "--max_new_tokens=8"]
+  greedy = generate(scripts, workdir, *args, "--greedy")
+  one_beam = generate(scripts, workdir, *args, "--beam_size=1", "--alpha=0")
+  assert greedy.returncode == 0 and one_beam.returncode == 0, one_beam.stderr[-2000:]
+  texts = lambda out: [line for line in out.stdout.splitlines() if not line.startswith("---")]  # noqa: E731
+  assert texts(one_beam) == texts(greedy) and one_beam.stdout.count("best beam ---") == 2
+  three = generate(scripts, workdir, *args, "--beam_size=3")
+  trainable, params, tokenizer = load_trained(workdir)
+  want = beam_texts(trainable, params, tokenizer, ["The dog", "A"], 8, beam_size=3)
+  assert "\n".join(texts(three)) == f"The dog{want[0]}\nA{want[1]}", (three.stdout, want)
+  refused = generate(scripts, workdir, *args, "--beam_size=2", "--num_samples=2")
+  assert refused.returncode != 0 and "Traceback" not in refused.stderr
+  assert "--beam_size decodes one float32 output a prompt" in refused.stderr.splitlines()[-1]
+
+
 def test_generate_translates_files_with_beams_and_checks_references(runs, scripts, tmp_path):
   workdir, proc = runs["transformer_multi30k"]
   assert proc.returncode == 0
