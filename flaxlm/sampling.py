@@ -238,8 +238,8 @@ def sample_texts(
   """Continuations of several prompts, decoded as one batch (`num_samples` rows each, the
   prompts right-padded): [prompt][sample] -> the new text. An empty prompt starts from EOS
   (or token 0)."""
-  ids = _prompt_ids(trainable.model, tokenizer, prompts, config.max_new_tokens)
   model = trainable.model
+  ids = _prompt_ids(model, tokenizer, prompts, config.max_new_tokens)
   longest = max(len(x) for x in ids)
   if tokenizer.eos_id is not None and config.eos_id is None:
     config = dataclasses.replace(config, eos_id=tokenizer.eos_id)

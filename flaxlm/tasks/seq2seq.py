@@ -159,10 +159,14 @@ class Seq2Seq(Task):
   def generates(self) -> bool:
     return self.config.generate_in_eval
 
+  @property
+  def new_tokens(self) -> int:
+    """Tokens generated at most per output."""
+    return self.config.max_new_tokens or self.config.target_len
+
   def generate(self, trainable, params, records: list[dict], batch_size: int = 32) -> list[str]:
     """The model's output text for each record."""
-    c = self.config
-    new_tokens = c.max_new_tokens or c.target_len
+    c, new_tokens = self.config, self.new_tokens
     if self.encdec:
       from flaxlm import seq2seq_decoding
       from flaxlm.sampling import SamplingConfig
@@ -188,7 +192,7 @@ class Seq2Seq(Task):
 
     c = self.config
     return complete(
-      trainable, params, self.tokenizer, prompts, c.max_new_tokens or c.target_len, batch_size,
+      trainable, params, self.tokenizer, prompts, self.new_tokens, batch_size,
       c.beam_size, c.alpha, c.no_repeat_ngram,
     )  # fmt: skip
 

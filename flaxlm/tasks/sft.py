@@ -118,7 +118,6 @@ class SFT(Seq2Seq):
     return self.tokenizer.encode(self.source(record)), self.tokenizer.encode(target)
 
   def generate(self, trainable, params, records: list[dict], batch_size: int = 32) -> list[str]:
-    c = self.config
-    new_tokens = c.max_new_tokens or c.target_len
-    prompts = [self.tokenizer.encode(self.source(r))[-(c.max_len - new_tokens) :] for r in records]
+    keep = self.config.max_len - self.new_tokens  # prompt tokens that leave room for the output
+    prompts = [self.tokenizer.encode(self.source(r))[-keep:] for r in records]
     return self.continue_prompts(trainable, params, prompts, batch_size)
