@@ -66,7 +66,7 @@ def _cross_validate(ft, workdir: str, config_json: dict) -> None:
   if jax.process_index() != 0 or summary.get("interrupted"):
     return
   for key, m in summary.items():
-    if key in ("eval_accuracy", "eval_entity_f1", "eval_f1", "eval_rougeL", "eval_pearson"):
+    if key == ft.early_stopping.metric:  # the task's own metric, or the one asked for
       print(f"{ft.kfold}-fold {key}: {m['mean']:.4f} +- {m['std']:.4f} (folds: {m['folds']})")
   print(json.dumps(summary))
 

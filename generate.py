@@ -29,7 +29,7 @@ from absl import flags
 from flaxlm import cli, finetuned, seq2seq_decoding
 from flaxlm.errors import ConfigError, DataError
 from flaxlm.models import registry
-from flaxlm.pretrained import load_trained
+from flaxlm.pretrained import load_trained, saved_family
 from flaxlm.sampling import SamplingConfig, beam_texts, sample_texts
 
 _WORKDIR = flags.DEFINE_string(
@@ -154,9 +154,11 @@ def main(argv):
           f"{_WORKDIR.value} holds a {model.task.name} model, which does not generate text"
         )
       trainable, params, tokenizer = model.trainable, model.params, model.tokenizer
+      family = model.family
     else:
       trainable, params, tokenizer = load_trained(_WORKDIR.value)
-    GENERATORS[registry.family_of_model(trainable.model).kind](trainable, params, tokenizer)
+      family = saved_family(_WORKDIR.value)
+    GENERATORS[registry.family_of(family).kind](trainable, params, tokenizer)
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def logits_pair(family: str, model, params, hf, x: dict) -> list[tuple[np.ndarra
 def check(workdir: str, out: str, sentences: list[str]) -> dict:
   export(workdir, out)
   trainable, params, tokenizer = pretrained.load_trained(workdir)
-  family = registry.family_of_model(trainable.model).name
+  family = pretrained.saved_family(workdir)
   config = dataclasses.replace(trainable.model.config, dtype="float32")  # compare in f32
   model = registry.build_model(family, config)
   params = jax.device_get(params)

@@ -99,7 +99,9 @@ class FlaxlmSide:
     self.dev_records = finetuning.clean(task, dev_records, ft, "dev")
     self.examples = [e for r in self.train_records for e in task.examples(r)]
     self.trainable = finetuning.build(task, pretrained.family, model_config, ft, self.mesh)
-    overrides = transfer.backbone_overrides(self.trainable.abstract_state.params, pretrained)
+    overrides = transfer.backbone_overrides(
+      self.trainable.abstract_state.params, pretrained, task.layout
+    )
     self.state = self.trainable.init_state(ft.seed, overrides)
     self.task, self.ft = task, ft
     self.dataset = finetuning.training_rows(

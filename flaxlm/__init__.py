@@ -13,6 +13,7 @@ generate.py use the same functions):
   result = flaxlm.finetune(c, "/tmp/sst2")           # trains, evaluates the best checkpoint
   model = flaxlm.load("/tmp/sst2")
   flaxlm.predict(model, [{"sentence": "a gripping, funny film"}])
+  batch = flaxlm.encode(model, ["a gripping, funny film"])  # framed, padded, with its mask
 
 Modules: models (GPT, Bert, EncoderDecoder, BiLSTM, TaskModel), tasks (TASKS), the training
 loop (`flaxlm.loop.run`), sampling and sequence-to-sequence decoding.
@@ -23,7 +24,6 @@ from __future__ import annotations
 from flaxlm.config import default_config, model_preset
 from flaxlm.config_finetune import finetune_config, task_block
 from flaxlm.config_finetune import with_model_preset as use_model_preset
-from flaxlm.loop import run as training_loop
 from flaxlm.models.bert import PRESETS as BERT_PRESETS
 from flaxlm.models.bert import Bert, BertConfig
 from flaxlm.models.encdec import PRESETS as ENCDEC_PRESETS
@@ -35,7 +35,6 @@ from flaxlm.models.lstm import BiLSTM, LSTMConfig
 from flaxlm.models.registry import FAMILIES
 from flaxlm.sampling import SamplingConfig, sample_text
 from flaxlm.tasks import TASKS, Columns, Task
-from flaxlm.training import Trainable, TrainState
 
 __all__ = [
   "BERT_PRESETS",
@@ -58,6 +57,7 @@ __all__ = [
   "TrainState",
   "Trainable",
   "default_config",
+  "encode",
   "evaluate",
   "finetune",
   "finetune_config",
@@ -70,6 +70,24 @@ __all__ = [
   "training_loop",
   "use_model_preset",
 ]
+
+
+# The engine loads on first use, so that reading a config (flaxlm.config) imports no loop,
+# step or checkpoint code.
+_ENGINE = {
+  "training_loop": ("flaxlm.loop", "run"),
+  "Trainable": ("flaxlm.training", "Trainable"),
+  "TrainState": ("flaxlm.training", "TrainState"),
+}
+
+
+def __getattr__(name: str):
+  if name in _ENGINE:
+    import importlib
+
+    module, attr = _ENGINE[name]
+    return getattr(importlib.import_module(module), attr)
+  raise AttributeError(f"module 'flaxlm' has no attribute {name!r}")
 
 
 def pretrain(config, workdir: str) -> dict:
@@ -123,3 +141,22 @@ def evaluate(model, records: list[dict], batch_size: int = 32) -> dict:
   from flaxlm import finetuned
 
   return finetuned.evaluate_records(model, records, batch_size)
+
+
+def encode(model, texts: list[str], pairs: list[str] | None = None, max_len: int = 0) -> dict:
+  """Texts (or text pairs) as the batch a loaded model takes, framed as its tasks frame them
+  ([CLS] a [SEP] b [SEP] with a BERT-style tokenizer; a (SEP|EOS b) EOS otherwise) and
+  padded: {'inputs', 'segment_ids' (1 on tokens, 0 on padding: the attention mask),
+  'type_ids'}, (B, T) int32. `model`: what `flaxlm.load` returns (a fine-tuned Model, a
+  pretraining (trainable, params, tokenizer), an imported Hugging Face folder) or a tokenizer;
+  `max_len` truncates longest-first (0: the task's max_len, else the model's, else 512)."""
+  from flaxlm.tasks.base import encode_batch
+
+  if isinstance(model, tuple):  # a pretraining workdir: (trainable, params, tokenizer)
+    tokenizer, task, config = model[2], None, model[0].model.config
+  else:
+    tokenizer = getattr(model, "tokenizer", model)
+    task, config = getattr(model, "task", None), getattr(model, "model_config", None)
+  limit = max_len or getattr(getattr(task, "config", None), "max_len", 0)
+  limit = limit or getattr(config, "max_len", 0) or 512
+  return encode_batch(tokenizer, list(texts), None if pairs is None else list(pairs), limit)

@@ -88,9 +88,19 @@ def read_config(holder, convert, program: str):
   one line. Splits a CPU-only host into devices (config.cpu_devices) before JAX starts."""
   config = config_value(holder)
   with user_errors(f"{program}: bad config"):
-    run = convert(config)
+    run = typed_config(config, convert)
     use_cpu_devices(run.cpu_devices, (run.batch_size // run.step.accum_steps, run.eval_batch_size))
   return config, run
+
+
+def typed_config(config, convert):
+  """The typed run config of a ConfigDict, its step and batch keys checked: what the entry
+  points (and the bad-input catalogue, in the same order) do before anything is sized by them."""
+  from flaxlm import validation
+
+  run = convert(config)
+  validation.check_loop_keys(run)
+  return run
 
 
 def setup_logging():

@@ -14,15 +14,38 @@ import json
 
 import ml_collections
 
-from flaxlm import optim
+from flaxlm import objectives, optim
 from flaxlm.data.spec import DataConfig
 from flaxlm.data.tokenizers import TokenizerConfig
-from flaxlm.errors import ConfigError
-from flaxlm.loop import EarlyStopping, LoopConfig
+from flaxlm.errors import CheckpointMismatchError, ConfigError
 from flaxlm.losses import LossConfig
 from flaxlm.models import registry
 from flaxlm.objectives import MaskingConfig, SpanCorruptionConfig
-from flaxlm.training import StepConfig
+
+# --- what the engine takes (plain settings: reading a config imports no loop or step code) ----
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  accum_steps: int = 1
+  loss: LossConfig = LossConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStopping:
+  metric: str = ""  # an eval metric (e.g. 'eval_accuracy'); '' keeps no best checkpoint
+  mode: str = "max"  # max | min
+  patience: int = 0  # evaluations without improvement before stopping; 0 = never stop
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  num_train_steps: int
+  log_every: int = 50
+  eval_every: int = 0  # 0: evaluate only at the end
+  checkpoint_every: int = 0  # 0: save only at the end (and on a signal)
+  early_stopping: EarlyStopping = EarlyStopping()
+  peak_flops: float = 0.0  # per device; 0: from the device table (for MFU)
 
 
 def model_preset(family: str, name: str) -> ml_collections.ConfigDict:
@@ -113,8 +136,42 @@ def add_training_keys(c: ml_collections.ConfigDict) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
-  """Everything `trainer.train` needs, typed and validated."""
+class TrainingKeys:
+  """The typed keys of `add_training_keys` both jobs share (their defaults and comments are
+  there; `training_keys` reads them, so each is named once more, here, with its type)."""
+
+  optim: optim.OptimConfig
+  step: StepConfig
+  num_train_steps: int
+  batch_size: int
+  seed: int
+  log_every: int
+  eval_every: int
+  eval_batch_size: int
+  checkpoint_every: int
+  keep_checkpoints: int
+  peak_flops: float
+  mesh: dict
+  logical_axis_rules: tuple
+  cpu_devices: int
+
+
+def training_keys(c: ml_collections.ConfigDict) -> dict:
+  """The `TrainingKeys` fields of a config, typed."""
+  plain = {f.name: c[f.name] for f in dataclasses.fields(TrainingKeys)
+           if f.name not in ("optim", "step", "mesh", "logical_axis_rules")}  # fmt: skip
+  return dict(
+    plain,
+    optim=optim_config(c),
+    step=step_config(c),
+    mesh=c.mesh.to_dict(),
+    logical_axis_rules=tuple(tuple(r) for r in c.logical_axis_rules),
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(TrainingKeys):
+  """Everything `pretraining.train` needs, typed and validated."""
 
   model_family: str
   model: object  # the family's frozen config (vocab_size may be 0: set from the tokenizer)
@@ -123,24 +180,10 @@ class RunConfig:
   spans: SpanCorruptionConfig
   data: DataConfig
   tokenizer: TokenizerConfig
-  optim: optim.OptimConfig
-  step: StepConfig
   pad_vocab_to: int
-  num_train_steps: int
-  batch_size: int
-  seed: int
-  log_every: int
-  eval_every: int
   eval_batches: int
-  eval_batch_size: int
-  checkpoint_every: int
-  keep_checkpoints: int
-  peak_flops: float
   sample_tokens: int
   sample_prompt: str
-  mesh: dict
-  logical_axis_rules: tuple
-  cpu_devices: int
   init_from: str = ""
   data_workers: int = 0
   corpus_cache: str = ""
@@ -187,10 +230,11 @@ def from_config_dict(c: ml_collections.ConfigDict) -> RunConfig:
   check_keys(c)
   family = registry.family_of(c.model_family)
   model = registry.model_config(c.model_family, c.model.to_dict())
+  objective = c.objective or family.objective
   return RunConfig(
     model_family=c.model_family,
-    model=model,
-    objective=c.objective or family.objective,
+    model=objectives.with_heads(objective, model),
+    objective=objective,
     masking=MaskingConfig(**c.masking.to_dict()),
     spans=SpanCorruptionConfig(**c.spans.to_dict()),
     data=DataConfig(
@@ -206,47 +250,66 @@ def from_config_dict(c: ml_collections.ConfigDict) -> RunConfig:
       seed=c.seed,
     ),
     tokenizer=TokenizerConfig(**c.tokenizer.to_dict()),
-    optim=optim_config(c),
-    step=step_config(c),
+    **training_keys(c),
     pad_vocab_to=c.pad_vocab_to,
-    num_train_steps=c.num_train_steps,
-    batch_size=c.batch_size,
-    seed=c.seed,
-    log_every=c.log_every,
-    eval_every=c.eval_every,
     eval_batches=c.eval_batches,
-    eval_batch_size=c.eval_batch_size,
-    checkpoint_every=c.checkpoint_every,
-    keep_checkpoints=c.keep_checkpoints,
-    peak_flops=c.peak_flops,
     sample_tokens=c.sample_tokens,
     sample_prompt=c.sample_prompt,
-    mesh=c.mesh.to_dict(),
-    logical_axis_rules=tuple(tuple(r) for r in c.logical_axis_rules),
-    cpu_devices=c.cpu_devices,
     init_from=c.init_from,
     data_workers=c.data_workers,
     corpus_cache=c.corpus_cache,
   )
 
 
-def from_saved(saved: dict) -> RunConfig:
-  """The RunConfig of a checkpoint's saved config; keys added to flaxlm since it was written
-  take their defaults and keys flaxlm no longer has are ignored."""
+def merged_config(defaults: ml_collections.ConfigDict, saved: dict) -> ml_collections.ConfigDict:
+  """A checkpoint's saved config over today's defaults: keys added to flaxlm since it was
+  written take their defaults, keys flaxlm no longer has are ignored; the blocks whose keys
+  belong to a class (model, task) and the mesh are taken whole. Both jobs read saved configs
+  through this."""
 
   def merge(dst: ml_collections.ConfigDict, src: dict):
     for key, value in src.items():
       if key not in dst:
         continue
-      nested = isinstance(dst[key], ml_collections.ConfigDict) and isinstance(value, dict)
-      if nested and key not in ("model", "mesh"):  # model and mesh are taken whole
+      block = isinstance(dst[key], ml_collections.ConfigDict) and isinstance(value, dict)
+      if block and key in ("model", "task", "mesh"):
+        dst[key] = ml_collections.ConfigDict(value)
+      elif block:
         merge(dst[key], value)
       else:
         dst[key] = value
 
-  c = default_config()
-  merge(c, saved)
-  return from_config_dict(c)
+  merge(defaults, saved)
+  return defaults
+
+
+def from_saved(saved: dict) -> RunConfig:
+  """The RunConfig of a checkpoint's saved config (see `merged_config`)."""
+  return from_config_dict(merged_config(default_config(), saved))
+
+
+def setting_values(run, keys: tuple[str, ...]) -> dict:
+  """{dotted key: its value in `run`} as JSON: what a checkpoint records of the settings a
+  resumed run must keep (the data order, the labels, the model it reinterprets)."""
+  values = {}
+  for key in keys:
+    value = run
+    for part in key.split("."):
+      value = getattr(value, part)
+    values[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+  return json.loads(json.dumps(values))
+
+
+def check_same_settings(saved: dict, run, keys: tuple[str, ...], directory, what: str) -> None:
+  """The one resume-compatibility check of both jobs: refuses, naming each changed key with
+  its old and new value, to resume a checkpoint that `run` would reinterpret."""
+  now = setting_values(run, keys)
+  changed = [f"{k} ({saved.get(k)!r} -> {now[k]!r})" for k in keys if saved.get(k) != now[k]]
+  if changed:
+    raise CheckpointMismatchError(
+      f"the checkpoint in {directory} was trained with other {what}: {', '.join(changed)}. "
+      "Rerun with the original values, or start a fresh --workdir."
+    )
 
 
 def check_keys(

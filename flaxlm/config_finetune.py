@@ -14,21 +14,21 @@ import dataclasses
 import ml_collections
 from ml_collections import config_dict
 
-from flaxlm import optim
 from flaxlm.config import (
+  EarlyStopping,
+  LoopConfig,
+  TrainingKeys,
   add_training_keys,
   check_keys,
   loop_config,
+  merged_config,
   model_preset,
-  optim_config,
-  step_config,
+  training_keys,
 )
 from flaxlm.data.tokenizers import TokenizerConfig
 from flaxlm.errors import ConfigError
-from flaxlm.loop import EarlyStopping, LoopConfig
 from flaxlm.models import registry
-from flaxlm.tasks import Columns, config_from_block, task_class
-from flaxlm.training import StepConfig
+from flaxlm.tasks import TASKS, Columns, config_from_block, task_class
 
 
 def task_block(name: str) -> ml_collections.ConfigDict:
@@ -65,7 +65,7 @@ def finetune_config() -> ml_collections.ConfigDict:
   c.train_data = ""  # tsv:/csv:/jsonl:/conll:/squad:<path> or tfds:<name>[:split]
   c.eval_data = ""  # the dev set; '' = hold out val_fraction of train_data
   c.val_fraction = 0.1
-  c.columns = ml_collections.ConfigDict(dataclasses.asdict(Columns()))
+  c.columns = ml_collections.ConfigDict(Columns.defaults(TASKS.values()))
   c.max_train_examples = 0  # 0 = all
   c.max_eval_examples = 0  # 0 = all (the first N dev records: a quicker, rougher dev metric)
   c.drop_duplicates = True  # identical inputs (after the column mapping) kept once
@@ -91,7 +91,7 @@ def finetune_config() -> ml_collections.ConfigDict:
 
 
 @dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(TrainingKeys):
   init_from: str
   init_from_command: str  # how to create init_from (printed when it is missing)
   model_family: str
@@ -108,23 +108,9 @@ class FinetuneConfig:
   max_eval_examples: int
   drop_duplicates: bool
   max_tokens: int
-  optim: optim.OptimConfig
-  step: StepConfig
-  num_train_steps: int
   num_epochs: float
-  batch_size: int
-  seed: int
-  log_every: int
-  eval_every: int
-  eval_batch_size: int
-  checkpoint_every: int
-  keep_checkpoints: int
-  peak_flops: float
   early_stopping: EarlyStopping
   kfold: int
-  mesh: dict
-  logical_axis_rules: tuple
-  cpu_devices: int
   pad_vocab_to: int = 128
 
   @property
@@ -146,6 +132,12 @@ def from_config_dict(c: ml_collections.ConfigDict) -> FinetuneConfig:
   metric = stop.metric or cls.metric_for(task)
   if not metric.startswith("eval_"):
     metric = "eval_" + metric
+  reported = ["eval_" + name for name in cls.metric_names(task)]
+  if metric not in reported:
+    raise ConfigError(
+      f"early_stopping.metric={stop.metric!r}: task {cls.name!r} does not report it; use one "
+      f"of {reported} ('' = the task's own, {cls.metric_for(task)})"
+    )
   return FinetuneConfig(
     init_from=c.init_from,
     init_from_command=c.init_from_command,
@@ -158,50 +150,23 @@ def from_config_dict(c: ml_collections.ConfigDict) -> FinetuneConfig:
     train_data=c.train_data,
     eval_data=c.eval_data,
     val_fraction=c.val_fraction,
-    columns=Columns(**c.columns.to_dict()),
+    columns=Columns.of(c.columns.to_dict()),
     max_train_examples=c.max_train_examples,
     max_eval_examples=c.max_eval_examples,
     drop_duplicates=c.drop_duplicates,
     max_tokens=c.max_tokens,
-    optim=optim_config(c),
-    step=step_config(c),
-    num_train_steps=c.num_train_steps,
+    **training_keys(c),
     num_epochs=c.num_epochs,
-    batch_size=c.batch_size,
-    seed=c.seed,
-    log_every=c.log_every,
-    eval_every=c.eval_every,
-    eval_batch_size=c.eval_batch_size,
-    checkpoint_every=c.checkpoint_every,
-    keep_checkpoints=c.keep_checkpoints,
-    peak_flops=c.peak_flops,
     early_stopping=EarlyStopping(
       metric=metric, mode=stop.mode or cls.metric_mode_for(task), patience=stop.patience
     ),
     kfold=c.kfold,
-    mesh=c.mesh.to_dict(),
-    logical_axis_rules=tuple(tuple(r) for r in c.logical_axis_rules),
-    cpu_devices=c.cpu_devices,
   )
 
 
 def from_saved(saved: dict) -> FinetuneConfig:
-  """The FinetuneConfig of a checkpoint's saved config (keys added since take defaults)."""
-  c = finetune_config()
-  for key, value in saved.items():
-    if key not in c:
-      continue
-    if key == "model":
-      c.model = ml_collections.ConfigDict(value)
-    elif key == "task":
-      c.task = ml_collections.ConfigDict(value)
-    elif isinstance(c[key], ml_collections.ConfigDict) and isinstance(value, dict):
-      for k, v in value.items():
-        if k in c[key]:
-          c[key][k] = v
-    else:
-      c[key] = value
-  return from_config_dict(c)
+  """The FinetuneConfig of a checkpoint's saved config (`config.merged_config`)."""
+  return from_config_dict(merged_config(finetune_config(), saved))
 
 
 def with_model_preset(c: ml_collections.ConfigDict, family: str, preset: str) -> None:

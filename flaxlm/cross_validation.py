@@ -29,9 +29,9 @@ def folds(ft: FinetuneConfig, records: list[dict]) -> list[tuple[list[int], list
   from sklearn.model_selection import KFold, StratifiedKFold
 
   cls = task_class(ft.task_name)
-  if cls.name in ("classification", "relation") and ft.task.problem == "single_label":
-    labels = [str(formats.field(r, ft.columns.label, "label")).strip() for r in records]
-    split = StratifiedKFold(ft.kfold, shuffle=True, random_state=ft.seed).split(records, labels)
+  strata = [cls.stratum(ft.task, ft.columns, r) for r in records]
+  if all(s is not None for s in strata):
+    split = StratifiedKFold(ft.kfold, shuffle=True, random_state=ft.seed).split(records, strata)
   else:
     split = KFold(ft.kfold, shuffle=True, random_state=ft.seed).split(records)
   return [(list(a), list(b)) for a, b in split]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import pathlib
 
 import jax
 
@@ -17,7 +19,7 @@ from flaxlm import evaluation, reporting, sharding
 from flaxlm.checkpoint import Checkpointer
 from flaxlm.config_finetune import from_saved
 from flaxlm.data import formats, tokenizers
-from flaxlm.errors import CheckpointMismatchError, DataError, DataNotFoundError
+from flaxlm.errors import CheckpointMismatchError, DataError, DataNotFoundError, WorkdirError
 from flaxlm.finetuning import Model, build
 from flaxlm.models import registry
 from flaxlm.tasks import Columns, Task, config_from_block, task_class
@@ -74,7 +76,7 @@ def load(workdir, mesh=None, columns: dict | None = None, task: dict | None = No
   family = meta["model_family"]
   model_config = registry.model_config(family, meta["model"])
   tokenizer = tokenizers.tokenizer_from_json(meta["tokenizer"])
-  task_obj = cls(task_config, Columns(**column_fields), registry.family_of(family), model_config,
+  task_obj = cls(task_config, Columns.of(column_fields), registry.family_of(family), model_config,
              tokenizer, saved["labels"])  # fmt: skip
   mesh = mesh or sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
   ft = dataclasses.replace(ft, freeze_backbone=False, mesh=dict(mesh.shape))
@@ -89,10 +91,6 @@ def load(workdir, mesh=None, columns: dict | None = None, task: dict | None = No
   finally:
     ckpt.close()
   return Model(task_obj, trainable, tokenizer, family, model_config, params)
-
-
-# Hugging Face task heads -> flaxlm task names (flaxlm.convert's `Imported.task`).
-HF_TASKS = {"sequence": "classification", "token": "token_classification", "span": "qa"}
 
 
 def load_hf(path: str, task: str = "", num_labels: int = 0, labels=None, mesh=None, seed=0):
@@ -111,7 +109,9 @@ def load_hf(path: str, task: str = "", num_labels: int = 0, labels=None, mesh=No
   if not task:
     return imported
   cls = task_class(task)  # names the valid tasks when `task` is not one
-  same_head = HF_TASKS.get(imported.task or "") == task
+  # the folder holds this task's head (flaxlm.convert's `Imported.task` is a head kind)
+  head = cls.head_for(registry.family_of(imported.family))
+  same_head = head is not None and imported.task == head
   if labels is None:
     labels = imported.labels if same_head and imported.labels else None
     labels = labels or [str(i) for i in range(num_labels)]
@@ -129,7 +129,9 @@ def load_hf(path: str, task: str = "", num_labels: int = 0, labels=None, mesh=No
                  imported.tokenizer, list(labels) if labels else None)  # fmt: skip
   trainable = build(task_obj, family, imported.model_config, ft, mesh)
   pretrained = transfer.from_imported(imported, f"hf:{path}")
-  overrides = transfer.backbone_overrides(trainable.abstract_state.params, pretrained)
+  overrides = transfer.backbone_overrides(
+    trainable.abstract_state.params, pretrained, task_obj.layout
+  )
   if same_head:  # the checkpoint's own head, where its shapes fit
     want = traverse_util.flatten_dict(trainable.abstract_state.params)
     have = traverse_util.flatten_dict(imported.params)
@@ -172,6 +174,7 @@ def predict(
 ) -> int:
   """Writes one JSON object per record of `eval_data` to `output`; returns how many."""
   formats.check(eval_data, "eval_data")
+  _prepare_output(output)
   model = load(workdir, columns=columns, task=task)
   c = model.task.columns
   records = formats.read(eval_data, c.word_index, c.tag_index, "eval_data")
@@ -184,6 +187,22 @@ def predict(
       for record, row in zip(records, rows, strict=True):
         f.write(json.dumps({"source": record[formats.WHERE], **row}, ensure_ascii=False) + "\n")
   return len(rows)
+
+
+def _prepare_output(output: str) -> None:
+  """Creates the folder of `output` (as --workdir is created), before any model loads, so
+  a path that cannot be written fails before the predictions are computed."""
+  path = pathlib.Path(output).expanduser()
+  if path.is_dir():
+    raise WorkdirError(
+      f"--output={output} is a directory; name a file, e.g. {path}/predictions.jsonl"
+    )
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(f"--output={output}: cannot create its folder ({e.strerror})") from None
+  if not os.access(path.parent, os.W_OK):
+    raise WorkdirError(f"--output={output}: its folder {path.parent} is not writable")
 
 
 def _records_set(model: Model, records: list[dict], batch_size: int):

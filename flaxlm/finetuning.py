@@ -11,20 +11,19 @@ and column mapping come from the checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from flaxlm import evaluation, loop, reporting, sharding, transfer, validation
 from flaxlm.checkpoint import Checkpointer
+from flaxlm.config import check_same_settings, setting_values
 from flaxlm.config_finetune import FinetuneConfig, from_saved
 from flaxlm.data import corpus, formats, pipeline, tokenizers
 from flaxlm.errors import CheckpointMismatchError, ConfigError, DataError, DataNotFoundError
-from flaxlm.models import heads, registry
+from flaxlm.models import registry
 from flaxlm.tasks import task_class
 from flaxlm.training import Trainable
 from flaxlm.workdir import Workdir, WorkdirLock
@@ -160,11 +159,7 @@ def texts_for_tokenizer(task, records: list[dict]) -> list[str]:
 def build(task, family: str, model_config, ft: FinetuneConfig, mesh) -> Trainable:
   backbone = registry.build_model(family, model_config)
   model = task.model(backbone)
-  dp = sharding.data_parallel_size(mesh)
-  if isinstance(model, heads.TaskModel):  # a head on the backbone's features
-    example = (heads.dummy_batch(dp, 8, getattr(task, "chars", 0)),)
-  else:  # the backbone writes text itself (seq2seq, SFT, text-to-text labels)
-    example = (jnp.zeros((dp, 8), jnp.int32),)
+  example = task.init_batch(sharding.data_parallel_size(mesh))
   trainable = Trainable.with_adamw(
     model,
     ft.optim,
@@ -173,8 +168,10 @@ def build(task, family: str, model_config, ft: FinetuneConfig, mesh) -> Trainabl
     task.loss,
     ft.step,
     lambda rng: model.init(rng, *example)["params"],
-    frozen=(lambda path: path[0] == "backbone") if ft.freeze_backbone else None,
+    frozen=task.layout.frozen if ft.freeze_backbone else None,
   )
+  if ft.freeze_backbone:
+    task.layout.check_freezable(trainable.abstract_state.params, task.name, family)
   validation.check_divisible(trainable)
   return trainable
 
@@ -198,13 +195,13 @@ def _model_config(ft: FinetuneConfig, base, vocab_size: int, chars: int):
     return dataclasses.replace(base, **changed)
   fields = dict(ft.model_overrides)
   if not fields.get("vocab_size"):
-    fields["vocab_size"] = -(-vocab_size // ft.pad_vocab_to) * ft.pad_vocab_to
+    fields["vocab_size"] = registry.padded_vocab(vocab_size, ft.pad_vocab_to)
   if fields.get("char_dim") and not fields.get("char_vocab_size"):  # a char CNN (BiLSTM)
     fields["char_vocab_size"] = chars
   return registry.model_config(ft.model_family, fields)
 
 
-def _meta(task, tokenizer, family, model_config, ft_json: dict) -> dict:
+def _meta(task, tokenizer, family, model_config, ft: FinetuneConfig, ft_json: dict) -> dict:
   return {
     "kind": "finetune",
     "tokenizer": tokenizer.to_json(),
@@ -217,6 +214,7 @@ def _meta(task, tokenizer, family, model_config, ft_json: dict) -> dict:
       "columns": dataclasses.asdict(task.columns),
     },
     "config": ft_json,
+    "resume_keys": setting_values(ft, resume_keys(ft)),
   }
 
 
@@ -227,32 +225,21 @@ RESUME_KEYS = ("task_name", "train_data", "eval_data", "val_fraction", "batch_si
                "max_train_examples", "drop_duplicates", "max_tokens", "init_from")  # fmt: skip
 
 
+def resume_keys(ft: FinetuneConfig) -> tuple[str, ...]:
+  """RESUME_KEYS, each field of the task's config, and the column mapping."""
+  return (*RESUME_KEYS, *(f"task.{f.name}" for f in dataclasses.fields(ft.task)), "columns")
+
+
 def check_resume(meta: dict, ft: FinetuneConfig, directory) -> None:
   if meta.get("kind") != "finetune":
     raise CheckpointMismatchError(
       f"{directory} holds a {meta.get('kind', 'pretraining')} checkpoint, not a fine-tuning run; "
       "use a fresh --workdir (point init_from at the pretraining workdir)"
     )
-  saved = from_saved(meta.get("config") or {})
-  changed = [
-    f"{k} ({getattr(saved, k)!r} -> {getattr(ft, k)!r})"
-    for k in RESUME_KEYS
-    if getattr(saved, k) != getattr(ft, k)
-  ]
-  as_json = lambda task: json.loads(json.dumps(dataclasses.asdict(task)))  # tuples as lists
-  old_task, new_task = as_json(saved.task), as_json(ft.task)
-  changed += [
-    f"task.{k} ({old_task.get(k)!r} -> {new_task.get(k)!r})"
-    for k in sorted(old_task.keys() | new_task.keys())
-    if old_task.get(k) != new_task.get(k)
-  ]
-  if saved.columns != ft.columns:
-    changed.append("columns")
-  if changed:
-    raise CheckpointMismatchError(
-      f"the checkpoint in {directory} was trained with other settings: {', '.join(changed)}. "
-      "Rerun with the original values, or start a fresh --workdir."
-    )
+  keys = resume_keys(ft)
+  # Recorded since 2026-12; older checkpoints: from their saved config.
+  saved = meta.get("resume_keys") or setting_values(from_saved(meta.get("config") or {}), keys)
+  check_same_settings(saved, ft, keys, directory, "settings")
 
 
 def training_rows(
@@ -306,25 +293,9 @@ def train(
       check_resume(meta, ft, ckpt.directory)
     cls = task_class(ft.task_name)
     train_records, dev_records = records or read_records(ft)
-    pretrained = None
-    if meta:  # resuming: the model, tokenizer and labels of the saved run
-      family, tokenizer = meta["model_family"], tokenizers.tokenizer_from_json(meta["tokenizer"])
-      base = registry.model_config(family, meta["model"])
-      model_config, labels = _model_config(ft, base, 0, 0), meta["task"]["labels"]
-    elif ft.init_from:
-      pretrained = transfer.load(ft.init_from, mesh, ft.init_from_command)
-      family, tokenizer = pretrained.family, pretrained.tokenizer
-      model_config = _model_config(ft, pretrained.model_config, 0, 0)
-      labels = cls.fit_labels(ft.task, ft.columns, train_records)
-    else:
-      family = ft.model_family
-      labels = cls.fit_labels(ft.task, ft.columns, train_records)
-      draft = cls(ft.task, ft.columns, registry.family_of(family), None, None, labels)
-      texts = texts_for_tokenizer(draft, train_records)
-      tokenizer = corpus.same_on_every_host(tokenizers.train_tokenizer(ft.tokenizer, texts))
-      model_config = _model_config(
-        ft, None, tokenizer.vocab_size, getattr(tokenizer, "num_chars", 0)
-      )
+    family, tokenizer, model_config, labels, pretrained = _backbone(
+      ft, cls, meta, train_records, mesh
+    )
     task = cls(ft.task, ft.columns, registry.family_of(family), model_config, tokenizer, labels)
     task.check()
     validation.check_lengths(model_config, {"task.max_len": getattr(task.config, "max_len", 0)})
@@ -340,12 +311,14 @@ def train(
     restored = ckpt.restore(trainable.abstract_state) if meta else None
     overrides = None
     if pretrained is not None:
-      overrides = transfer.backbone_overrides(trainable.abstract_state.params, pretrained)
+      overrides = transfer.backbone_overrides(
+        trainable.abstract_state.params, pretrained, task.layout
+      )
     max_width = getattr(task.config, "max_len", 0)
     dev = evaluation.eval_set(task, dev_records, ft.eval_batch_size, max_width)
     in_loop = evaluation.Remembered(task, trainable, dev)
     ft_json = config_json or {}
-    job_meta = _meta(task, tokenizer, family, model_config, ft_json)
+    job_meta = _meta(task, tokenizer, family, model_config, ft, ft_json)
     mean_tokens = float(np.mean([task.tokens_per_example(e) for e in examples]))
     dp = sharding.data_parallel_size(mesh)
     job = loop.Job(
@@ -356,9 +329,7 @@ def train(
       evaluate=lambda params: evaluation.scalars(in_loop.evaluate(params)),
       meta=lambda: job_meta,
       initial_state=lambda: trainable.init_state(ft.seed, overrides),
-      tokens_per_step=int(ft.batch_size * mean_tokens)
-      if task.name == "token_classification"
-      else 0,
+      tokens_per_step=int(ft.batch_size * mean_tokens) if task.reports_tokens else 0,
       examples_per_step=ft.batch_size * task.group,  # a packed row holds task.group examples
     )
     reporting.log_task_model(trainable, family, len(examples), len(dev_records))
@@ -370,13 +341,7 @@ def train(
   if result.interrupted:
     return out
   params = result.state.params
-  if in_loop.scored_final(result):  # the last evaluation was of these params, text included
-    final = in_loop.last
-  else:
-    best_params = restore_params(workdir.best, trainable)
-    final = evaluation.evaluate(
-      task, trainable, best_params if best_params is not None else params, dev, generate=True
-    )
+  final = _final_evaluation(task, trainable, workdir, result, in_loop, dev)
   name = "dev" if records else reporting.data_name(ft.eval_data or ft.train_data)
   reporting.write_eval_report(workdir, name, final, task.labels)
   if jax.process_index() == 0:
@@ -384,6 +349,37 @@ def train(
   out.update(final)
   out.update(model=Model(task, trainable, tokenizer, family, model_config, params))
   return out
+
+
+def _backbone(ft: FinetuneConfig, cls, meta: dict | None, train_records: list[dict], mesh):
+  """Where the model comes from: (family, tokenizer, model config, labels, the pretrained
+  weights or None) of the run being resumed, of `init_from`, or fresh (a tokenizer trained
+  on the training records)."""
+  if meta:  # resuming: the model, tokenizer and labels of the saved run
+    family, tokenizer = meta["model_family"], tokenizers.tokenizer_from_json(meta["tokenizer"])
+    base = registry.model_config(family, meta["model"])
+    return family, tokenizer, _model_config(ft, base, 0, 0), meta["task"]["labels"], None
+  labels = cls.fit_labels(ft.task, ft.columns, train_records)
+  if ft.init_from:
+    pretrained = transfer.load(ft.init_from, mesh, ft.init_from_command)
+    model_config = _model_config(ft, pretrained.model_config, 0, 0)
+    return pretrained.family, pretrained.tokenizer, model_config, labels, pretrained
+  family = ft.model_family
+  draft = cls(ft.task, ft.columns, registry.family_of(family), None, None, labels)
+  texts = texts_for_tokenizer(draft, train_records)
+  tokenizer = corpus.same_on_every_host(tokenizers.train_tokenizer(ft.tokenizer, texts))
+  chars = getattr(tokenizer, "num_chars", 0)
+  return family, tokenizer, _model_config(ft, None, tokenizer.vocab_size, chars), labels, None
+
+
+def _final_evaluation(task, trainable, workdir, result, in_loop, dev) -> dict:
+  """The best checkpoint's dev metrics: the last in-loop evaluation when it scored the
+  params the run ends with (text included), else a fresh pass over the best params."""
+  if in_loop.scored_final(result):
+    return in_loop.last
+  best_params = restore_params(workdir.best, trainable)
+  params = best_params if best_params is not None else result.state.params
+  return evaluation.evaluate(task, trainable, params, dev, generate=True)
 
 
 def restore_params(directory, trainable: Trainable):

@@ -25,10 +25,11 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from flaxlm import attention
+from flaxlm import attention, projection
 
 # Re-exported: the kernels and masks moved to flaxlm.attention.
 from flaxlm.attention import attention_mask, einsum_attention  # noqa: F401
+from flaxlm.projection import Projection
 
 Array = jax.Array
 
@@ -98,37 +99,6 @@ class LearnedPositions(nn.Module):
     return jnp.take(table, positions, axis=0)
 
 
-# ----------------------------------------------------------------------------- projections
-
-
-class Einsum(nn.Module):
-  """y = einsum(equation, x, kernel) + bias, kernel of `shape` named by `axes`.
-
-  The bias covers the kernel's output axes (those after the contracted ones)."""
-
-  equation: str
-  shape: tuple[int, ...]
-  axes: tuple[str | None, ...]
-  use_bias: bool = True
-  init_std: float = 0.02
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    kernel = self.param(
-      "kernel", logical_init(nn.initializers.normal(self.init_std), self.axes), self.shape
-    )
-    y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
-    if self.use_bias:
-      out_letters = self.equation.split("->")[1]
-      kernel_letters = self.equation.split(",")[1].split("->")[0]
-      n_out = sum(1 for ch in kernel_letters if ch in out_letters)
-      bias_shape, bias_axes = self.shape[-n_out:], self.axes[-n_out:]
-      bias = self.param("bias", logical_init(nn.initializers.zeros, bias_axes), bias_shape)
-      y = y + bias.astype(self.dtype)
-    return y
-
-
 # ----------------------------------------------------------------------------- attention
 
 
@@ -156,9 +126,8 @@ class Attention(nn.Module):
   def _project(self, x: Array, heads: int, name: str) -> Array:
     c = self.config
     head_axis = "heads" if name == "query" else "kv_heads"
-    y = Einsum(
-      "BTD,DNH->BTNH",
-      (c.embed_dim, heads, c.head_dim),
+    y = Projection(  # (B, T, D) -> (B, T, N or K, H)
+      (heads, c.head_dim),
       ("embed", head_axis, "head_dim"),
       use_bias=c.use_bias,
       init_std=c.init_std,
@@ -199,10 +168,10 @@ class Attention(nn.Module):
     impl = "auto" if self.is_initializing() else c.attention_impl
     out = attention.attend(q, k, v, mask, bias, impl, decode=self.decode)
     out = checkpoint_name(out, "context")  # (B, T, N, H)
-    out = Einsum(
-      "BTNH,NHD->BTD",
-      (c.num_heads, c.head_dim, c.embed_dim),
+    out = Projection(  # (B, T, N, H) -> (B, T, D)
+      (c.embed_dim,),
       ("heads", "head_dim", "embed"),
+      contract=2,
       use_bias=c.use_bias,
       init_std=c.out_init_std,
       dtype=c.dtype,
@@ -288,13 +257,8 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool) -> Array:
-    dense = lambda features, axes, std, name: nn.Dense(
-      features,
-      use_bias=self.use_bias,
-      dtype=self.dtype,
-      kernel_init=logical_init(nn.initializers.normal(std), axes),
-      bias_init=logical_init(nn.initializers.zeros, axes[-1:]),
-      name=name,
+    dense = lambda features, axes, std, name: projection.dense(
+      features, axes, name, use_bias=self.use_bias, init_std=std, dtype=self.dtype
     )
     act = ACTIVATIONS[self.activation]
     wide = lambda name: checkpoint_name(

@@ -17,6 +17,7 @@ waiting in a collective. A second signal exits at once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -28,28 +29,12 @@ import numpy as np
 
 from flaxlm import reporting, sharding
 from flaxlm.checkpoint import Checkpointer
+from flaxlm.config import EarlyStopping, LoopConfig  # noqa: F401  (the loop's settings)
 from flaxlm.errors import TrainingDivergedError
 from flaxlm.training import Trainable, TrainState
 from flaxlm.workdir import Workdir
 
 log = logging.getLogger("flaxlm")
-
-
-@dataclasses.dataclass(frozen=True)
-class EarlyStopping:
-  metric: str = ""  # an eval metric (e.g. 'eval_accuracy'); '' keeps no best checkpoint
-  mode: str = "max"  # max | min
-  patience: int = 0  # evaluations without improvement before stopping; 0 = never stop
-
-
-@dataclasses.dataclass(frozen=True)
-class LoopConfig:
-  num_train_steps: int
-  log_every: int = 50
-  eval_every: int = 0  # 0: evaluate only at the end
-  checkpoint_every: int = 0  # 0: save only at the end (and on a signal)
-  early_stopping: EarlyStopping = EarlyStopping()
-  peak_flops: float = 0.0  # per device; 0: from the device table (for MFU)
 
 
 @dataclasses.dataclass
@@ -168,12 +153,7 @@ def run(
 ) -> Result:
   """Trains to `config.num_train_steps` from `restored` (step, state, meta of a checkpoint)
   or from `job.initial_state()`; see the module docstring."""
-  trainable = job.trainable
-  if restored:
-    start, state, meta = restored
-    log.info("resumed from step %d in %s", start, ckpt.directory)
-  else:
-    start, state, meta = 0, job.initial_state(), {}
+  start, state, meta = _starting_point(job, ckpt, restored)
   best = BestTracker(config.early_stopping, meta.get("best"))
   if restored and best.exhausted:  # the run had stopped early: it is complete
     log.info("step %d: this run stopped early (no improvement in %s); nothing to do", start,
@@ -186,7 +166,6 @@ def run(
   from flaxlm.data import pipeline  # Grain loads with the first run, not with the config
 
   data_iter = pipeline.iterate(job.dataset, job.data_workers, start)  # item s: step s's batch
-  batch_sharding = sharding.batch_sharding(trainable.mesh)
   throughput = reporting.Throughput(
     job.tokens_per_step,
     job.flops_per_token,
@@ -196,25 +175,13 @@ def run(
   writer = reporting.MetricsWriter(workdir)
   progress = reporting.Progress(config.num_train_steps, start, config.early_stopping.metric)
   stop = StopSignal()
-
-  def meta_now(step: int) -> dict:
-    return {
-      **job.meta(),
-      "step": int(step),
-      "data_iterator": {"next_index": int(step)},  # Grain's state of a 0-worker iterator
-      "best": best.to_json(),
-    }
-
+  meta_now = lambda step: _checkpoint_meta(job, step, best)
+  to_global = functools.partial(_global_batch, job, sharding.batch_sharding(job.trainable.mesh))
   pending, last, step, early_stopped = [], {}, start, False
   started = time.time()  # wall clock of this process's loop: compile and evals included
   try:
     while step < config.num_train_steps:
-      batch = next(data_iter)
-      if job.global_batch:
-        batch = sharding.local_to_global(batch, batch_sharding, job.global_batch)
-      else:
-        batch = sharding.to_global(batch, batch_sharding)
-      state, step_metrics = trainable.train_step(state, batch)
+      state, step_metrics = job.trainable.train_step(state, to_global(next(data_iter)))
       step += 1
       pending.append(step_metrics)
       if len(pending) > 2:  # dispatch runs at most two steps ahead, so a stop saves promptly
@@ -224,43 +191,32 @@ def run(
         jax.block_until_ready(step_metrics)
         throughput.measure()
       stopping = stop.should_stop(step)
-      is_last = step == config.num_train_steps
-      do_eval = not stopping and (is_last or (config.eval_every and step % config.eval_every == 0))
-      periodic_save = config.checkpoint_every and step % config.checkpoint_every == 0
-      do_save = is_last or stopping or periodic_save
+      is_last, do_eval, do_save = _due(step, config, stopping)
       if not (do_eval or do_save or step % config.log_every == 0):
         continue
       last = _check_finite(jax.device_get(pending), step - len(pending) + 1, ckpt)
       pending = []
-      last.update(throughput.measure())
-      last["elapsed_sec"] = time.time() - started
+      last.update(throughput.measure(), elapsed_sec=time.time() - started)
       if stopping:  # a preemption notice leaves seconds: save first, evaluate never
         writer.write(step, last)
         ckpt.save(step, state, meta_now(step), force=True)
         log.warning("received %s: saved step %d, exiting", stop.received, step)
         break
       if do_eval:
-        throughput.pause()
-        last.update(job.evaluate(state.params))
-        if best.update(step, last) and best_ckpt is not None:
-          best_ckpt.save(step, {"params": state.params}, meta_now(step), force=True)
+        with throughput.paused():
+          last.update(job.evaluate(state.params))
+          if best.update(step, last) and best_ckpt is not None:
+            best_ckpt.save(step, {"params": state.params}, meta_now(step), force=True)
         early_stopped = best.exhausted and not is_last
-        throughput.resume()
       writer.write(step, last)
       progress.update(step, last)
       if do_save or early_stopped:
-        throughput.pause()
-        ckpt.save(step, state, meta_now(step), force=is_last or early_stopped)
-        throughput.resume()
+        with throughput.paused():
+          ckpt.save(step, state, meta_now(step), force=is_last or early_stopped)
       if early_stopped:
-        log.info(
-          "early stopping at step %d: %s has not improved for %d evaluations (best %.4f at step %d)",
-          step,
-          config.early_stopping.metric,
-          best.evals_since,
-          best.value,
-          best.step,
-        )
+        log.info("early stopping at step %d: %s has not improved for %d evaluations (best "
+                 "%.4f at step %d)", step, config.early_stopping.metric, best.evals_since,
+                 best.value, best.step)  # fmt: skip
         break
   finally:
     stop.restore()
@@ -269,14 +225,41 @@ def run(
     ckpt.wait()
     if best_ckpt is not None:
       best_ckpt.close()
-  return Result(
-    step=step,
-    state=state,
-    metrics=last,
-    interrupted=stop.received is not None,
-    early_stopped=early_stopped,
-    best=best.to_json() if config.early_stopping.metric else None,
-  )
+  best_json = best.to_json() if config.early_stopping.metric else None
+  return Result(step, state, last, stop.received is not None, early_stopped, best_json)
+
+
+def _global_batch(job: Job, batch_sharding, batch: dict):
+  """This host's batch as the global array the step takes (its rows of it, multi-host)."""
+  if job.global_batch:
+    return sharding.local_to_global(batch, batch_sharding, job.global_batch)
+  return sharding.to_global(batch, batch_sharding)
+
+
+def _checkpoint_meta(job: Job, step: int, best: BestTracker) -> dict:
+  return {
+    **job.meta(),
+    "step": int(step),
+    "data_iterator": {"next_index": int(step)},  # Grain's state of a 0-worker iterator
+    "best": best.to_json(),
+  }
+
+
+def _starting_point(job: Job, ckpt: Checkpointer, restored) -> tuple[int, TrainState, dict]:
+  """(step, state, checkpoint meta) the loop starts from: a restored checkpoint, or step 0."""
+  if restored:
+    start, state, meta = restored
+    log.info("resumed from step %d in %s", start, ckpt.directory)
+    return start, state, meta
+  return 0, job.initial_state(), {}
+
+
+def _due(step: int, config: LoopConfig, stopping: bool) -> tuple[bool, bool, bool]:
+  """(is the last step, evaluate now, save now): a stop saves and never evaluates."""
+  is_last = step == config.num_train_steps
+  do_eval = not stopping and (is_last or bool(config.eval_every and step % config.eval_every == 0))
+  periodic_save = bool(config.checkpoint_every and step % config.checkpoint_every == 0)
+  return is_last, do_eval, is_last or stopping or periodic_save
 
 
 def _check_finite(rows: list[dict], first_step: int, ckpt: Checkpointer) -> dict:

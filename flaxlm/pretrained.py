@@ -9,15 +9,50 @@ import dataclasses
 
 import jax
 
-from flaxlm import sharding
+from flaxlm import objectives, sharding, validation
 from flaxlm.checkpoint import Checkpointer
 from flaxlm.config import RunConfig, from_saved
 from flaxlm.data import tokenizers
-from flaxlm.errors import CheckpointMismatchError, DataNotFoundError
+from flaxlm.errors import CheckpointMismatchError, ConfigError, DataNotFoundError
 from flaxlm.models import registry
-from flaxlm.pretraining import build
-from flaxlm.training import Trainable
+from flaxlm.training import Trainable, token_init
 from flaxlm.workdir import Workdir
+
+
+def fitted_model_config(run: RunConfig, vocab_size: int):
+  """The run's model config with its vocabulary sized for the tokenizer."""
+  model_config = run.model
+  if not model_config.vocab_size:
+    vocab = registry.padded_vocab(vocab_size, run.pad_vocab_to)
+    return dataclasses.replace(model_config, vocab_size=vocab)
+  if model_config.vocab_size < vocab_size:
+    raise ConfigError(
+      f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's {vocab_size}; "
+      "set --config.model.vocab_size=0 to size it from the tokenizer"
+    )
+  return model_config
+
+
+def build(run: RunConfig, vocab_size: int, mesh=None) -> Trainable:
+  """A pretraining run's model + optimizer + sharded layout, its vocabulary fitted to the
+  tokenizer (what `pretraining.train` trains and `load_trained` restores into)."""
+  model_config = fitted_model_config(run, vocab_size)
+  objectives.check_objective(run.objective)
+  mesh = mesh or validation.make_mesh(run.mesh)
+  validation.check_batches(run.batch_size, run.eval_batch_size, run.step.accum_steps, mesh)
+  model = registry.build_model(run.model_family, model_config)
+  init_shape = (sharding.data_parallel_size(mesh), min(run.data.seq_len, 8))
+  trainable = Trainable.with_adamw(
+    model,
+    run.optim,
+    mesh,
+    sharding.rules_from_config(run.logical_axis_rules),
+    objectives.entry(run.objective).loss,
+    run.step,
+    token_init(model, *init_shape),
+  )
+  validation.check_divisible(trainable)
+  return trainable
 
 
 def load_trained(workdir: str | Workdir, mesh=None) -> tuple[Trainable, object, object]:
@@ -56,6 +91,24 @@ def load_trained(workdir: str | Workdir, mesh=None) -> tuple[Trainable, object, 
   finally:
     ckpt.close()
   return trainable, restored[1].params, tokenizer
+
+
+def saved_family(workdir: str | Workdir) -> str:
+  """The model family a pretraining workdir's newest checkpoint was written with (its own
+  metadata names it: no guessing from the module, which a wrapper may have replaced), or
+  of a Hugging Face folder ('hf:<dir>', by its config.json's model_type)."""
+  if str(workdir).startswith("hf:"):
+    from flaxlm.convert import api, files
+
+    model_type = files.read_config(str(workdir)[len("hf:") :]).get("model_type")
+    return api.MODEL_TYPES[model_type].FAMILY if model_type in api.MODEL_TYPES else ""
+  workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+  ckpt = Checkpointer(workdir.checkpoints, async_save=False, create=False)
+  try:
+    meta = ckpt.restore_meta() or {}
+  finally:
+    ckpt.close()
+  return meta.get("model_family", "")
 
 
 def _load_hf(path: str, mesh=None):

@@ -11,7 +11,6 @@ refused with the keys that changed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 
@@ -19,11 +18,12 @@ import jax
 
 from flaxlm import attention, loop, objectives, reporting, sharding, transfer, validation
 from flaxlm.checkpoint import Checkpointer
-from flaxlm.config import RunConfig, from_saved
+from flaxlm.config import RunConfig, check_same_settings, from_saved, setting_values
 from flaxlm.data import corpus, pipeline, tokenizers
 from flaxlm.errors import CheckpointMismatchError, ConfigError
 from flaxlm.models import registry
-from flaxlm.training import Trainable, token_init
+from flaxlm.pretrained import build, fitted_model_config  # noqa: F401  (pretraining's model)
+from flaxlm.training import Trainable
 from flaxlm.workdir import Workdir, WorkdirLock
 
 log = logging.getLogger("flaxlm")
@@ -46,44 +46,6 @@ DATA_KEYS = (
   "masking",
   "spans",
 )
-
-
-def round_up(n: int, multiple: int) -> int:
-  return n if multiple <= 1 else -(-n // multiple) * multiple
-
-
-def fitted_model_config(run: RunConfig, vocab_size: int):
-  """The run's model config with its vocabulary sized for the tokenizer."""
-  model_config = run.model
-  if not model_config.vocab_size:
-    return dataclasses.replace(model_config, vocab_size=round_up(vocab_size, run.pad_vocab_to))
-  if model_config.vocab_size < vocab_size:
-    raise ConfigError(
-      f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's {vocab_size}; "
-      "set --config.model.vocab_size=0 to size it from the tokenizer"
-    )
-  return model_config
-
-
-def build(run: RunConfig, vocab_size: int, mesh=None) -> Trainable:
-  """Model + optimizer + sharded layout for this run, with the model vocab fitted to the tokenizer."""
-  model_config = fitted_model_config(run, vocab_size)
-  objectives.check_objective(run.objective)
-  mesh = mesh or validation.make_mesh(run.mesh)
-  validation.check_batches(run.batch_size, run.eval_batch_size, run.step.accum_steps, mesh)
-  model = registry.build_model(run.model_family, model_config)
-  init_shape = (sharding.data_parallel_size(mesh), min(run.data.seq_len, 8))
-  trainable = Trainable.with_adamw(
-    model,
-    run.optim,
-    mesh,
-    sharding.rules_from_config(run.logical_axis_rules),
-    objectives.LOSSES[run.objective],
-    run.step,
-    token_init(model, *init_shape),
-  )
-  validation.check_divisible(trainable)
-  return trainable
 
 
 def maxtext_flops(run: RunConfig, model_config) -> float:
@@ -125,8 +87,6 @@ def check(run: RunConfig, workdir: Workdir | None = None) -> None:
     )
   validation.check_loop_keys(run)
   validation.check_objective_tokens(run.objective, run.tokenizer)
-  if run.objective == "mlm_nsp" and not run.model.nsp_head:
-    raise ConfigError("objective='mlm_nsp' needs the NSP head: set --config.model.nsp_head=true")
   lengths = {"seq_len": run.data.seq_len}
   if run.objective == "span_corruption":
     lengths["target_len (span corruption)"] = run_objective_target_len(run)
@@ -168,14 +128,13 @@ def with_architecture(run: RunConfig, family: str, base) -> RunConfig:
   if family != run.model_family or type(run.model) is not type(base):
     runtime = {}
   log.info("init_from=%s: %s model %s", run.init_from, family, dataclasses.asdict(base))
-  return dataclasses.replace(
-    run,
-    model_family=family,
-    model=dataclasses.replace(base, **runtime),
-    objective=run.objective
+  objective = (
+    run.objective
     if run.objective in registry.family_of(family).objectives
-    else registry.family_of(family).objective,
+    else registry.family_of(family).objective
   )
+  model = objectives.with_heads(objective, dataclasses.replace(base, **runtime))
+  return dataclasses.replace(run, model_family=family, model=model, objective=objective)
 
 
 def model_config_json(trainable: Trainable) -> dict:
@@ -200,30 +159,13 @@ def check_resume(meta: dict, run: RunConfig, trainable: Trainable | None, direct
 
 def _check_resume_data(meta: dict, run: RunConfig, directory) -> None:
   if "data_keys" in meta:
-    saved_keys = meta["data_keys"]
+    saved = meta["data_keys"]
   elif meta.get("config"):  # checkpoints written before data_keys were recorded
-    saved = from_saved(meta["config"])
-    saved_keys = {key: _get(saved, key) for key in DATA_KEYS}
+    saved = setting_values(from_saved(meta["config"]), DATA_KEYS)
   else:
     return
-  now = json.loads(json.dumps({key: _get(run, key) for key in DATA_KEYS}))
-  changed = [
-    f"{key} ({saved_keys.get(key)!r} -> {now[key]!r})"
-    for key in DATA_KEYS
-    if saved_keys.get(key) != now[key]
-  ]
-  if changed:
-    raise CheckpointMismatchError(
-      f"the checkpoint in {directory} was trained with other data settings: "
-      f"{', '.join(changed)}; resuming would reinterpret its data position. Rerun with the "
-      "original values, or start a fresh --workdir."
-    )
-
-
-def _get(obj, dotted: str):
-  for part in dotted.split("."):
-    obj = getattr(obj, part)
-  return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+  check_same_settings(saved, run, DATA_KEYS, directory, "data settings (resuming would "
+                      "reinterpret its data position)")  # fmt: skip
 
 
 def evaluator(trainable: Trainable, batches: list[dict]):
@@ -270,17 +212,7 @@ def train(run: RunConfig, workdir: str | Workdir, config_json: dict | None = Non
   ckpt = Checkpointer(workdir.checkpoints, keep=run.keep_checkpoints, save_every=1)
   try:
     meta = ckpt.restore_meta()
-    saved_tokenizer = tokenizers.tokenizer_from_json(meta["tokenizer"]) if meta else None
-    pretrained = None
-    if run.init_from:  # continued pretraining: the architecture of the checkpoint
-      if meta:
-        base = registry.model_config(meta["model_family"], meta["model"])
-        run = with_architecture(run, meta["model_family"], base)
-      else:
-        pretrained = transfer.load(run.init_from, validation.make_mesh(run.mesh))
-        saved_tokenizer = pretrained.tokenizer
-        run = with_architecture(run, pretrained.family, pretrained.model_config)
-      check(run, workdir)
+    run, saved_tokenizer, pretrained = _continued(run, meta, workdir)
     if meta:
       check_resume(meta, run, None, ckpt.directory)
     cache = run.corpus_cache or workdir.data  # a prepared copy is shared, never rebuilt
@@ -298,20 +230,7 @@ def train(run: RunConfig, workdir: str | Workdir, config_json: dict | None = Non
       data.validation, run.data, run.eval_batch_size, run.eval_batches, objective
     )
     eval_set = [sharding.to_global(b, batch_sharding) for b in eval_examples]
-    family = registry.family_of(run.model_family)
-    flops_per_token = family.flops_per_token(
-      trainable.model.config, run.data.seq_len, objective.target_len
-    )
-    flops = reporting.FlopsPerToken(flops_per_token, maxtext_flops(run, trainable.model.config))
-    if jax.process_index() == 0:
-      n_params = sum(x.size for x in jax.tree.leaves(trainable.abstract_state.params))
-      log.info(
-        "model %s: %.2fM parameters, %.3g training FLOPs/token, mesh %s",
-        run.model_family,
-        n_params / 1e6,
-        flops_per_token,
-        dict(trainable.mesh.shape),
-      )
+    flops = _flops_per_token(run, trainable, objective)
     job = loop.Job(
       trainable=trainable,
       dataset=pipeline.train_dataset(
@@ -326,7 +245,7 @@ def train(run: RunConfig, workdir: str | Workdir, config_json: dict | None = Non
       evaluate=evaluator(trainable, eval_set),
       meta=lambda: {
         "kind": "pretraining",
-        "data_keys": {key: _get(run, key) for key in DATA_KEYS},
+        "data_keys": setting_values(run, DATA_KEYS),
         "tokenizer": data.tokenizer.to_json(),
         "model": model_config_json(trainable),
         "model_family": run.model_family,
@@ -352,6 +271,38 @@ def train(run: RunConfig, workdir: str | Workdir, config_json: dict | None = Non
     "tokenizer": data.tokenizer,
     "eval_example": jax.tree.map(lambda x: x[0], eval_examples[0]),  # numpy, for reports
   }
+
+
+def _continued(run: RunConfig, meta: dict | None, workdir: Workdir):
+  """(run, the tokenizer to keep or None, the pretrained weights or None): with init_from,
+  the run on the architecture of the checkpoint it continues (checked now); resuming, the
+  saved run's tokenizer."""
+  saved_tokenizer = tokenizers.tokenizer_from_json(meta["tokenizer"]) if meta else None
+  if not run.init_from:
+    return run, saved_tokenizer, None
+  pretrained = None
+  if meta:
+    run = with_architecture(
+      run, meta["model_family"], registry.model_config(meta["model_family"], meta["model"])
+    )
+  else:
+    pretrained = transfer.load(run.init_from, validation.make_mesh(run.mesh))
+    saved_tokenizer = pretrained.tokenizer
+    run = with_architecture(run, pretrained.family, pretrained.model_config)
+  check(run, workdir)
+  return run, saved_tokenizer, pretrained
+
+
+def _flops_per_token(run: RunConfig, trainable: Trainable, objective) -> reporting.FlopsPerToken:
+  """The model's training FLOPs per token (and MaxText's count), logged with its size."""
+  config = trainable.model.config
+  family = registry.family_of(run.model_family)
+  per_token = family.flops_per_token(config, run.data.seq_len, objective.target_len)
+  if jax.process_index() == 0:
+    n_params = sum(x.size for x in jax.tree.leaves(trainable.abstract_state.params))
+    log.info("model %s: %.2fM parameters, %.3g training FLOPs/token, mesh %s", run.model_family,
+             n_params / 1e6, per_token, dict(trainable.mesh.shape))  # fmt: skip
+  return reporting.FlopsPerToken(per_token, maxtext_flops(run, config))
 
 
 def _sample_report(run: RunConfig, result: dict) -> str | None:
@@ -388,10 +339,11 @@ def _masked_report(run: RunConfig, result: dict) -> str:
   return "--- held-out example ---\n" + report + "\n------------------------"
 
 
-# What a run prints when it ends, by the kind of model (registry.Family.kind).
-REPORTS = {"decoder": _sample_report, "encdec": _example_report, "encoder": _masked_report}
+# What a run prints when it ends, as its objective declares (ObjectiveEntry.report).
+REPORTS = {"sample": _sample_report, "example": _example_report, "masked": _masked_report}
 
 
 def end_of_run_report(run: RunConfig, result: dict) -> str | None:
-  """A sample (decoders), or a held-out example with the model's prediction."""
-  return REPORTS[registry.family_of(run.model_family).kind](run, result)
+  """A sample (causal LM), or a held-out example with the model's prediction."""
+  report = REPORTS.get(objectives.entry(run.objective).report)
+  return report(run, result) if report else None

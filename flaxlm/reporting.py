@@ -13,6 +13,7 @@ changes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -87,6 +88,15 @@ class Throughput:
 
   def resume(self):
     self._t += time.perf_counter() - self._paused_at
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Leaves the block (an evaluation, a checkpoint) out of the throughput."""
+    self.pause()
+    try:
+      yield
+    finally:
+      self.resume()
 
   def measure(self) -> dict:
     now = time.perf_counter()

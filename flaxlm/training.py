@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from flaxlm import optim, sharding
-from flaxlm.losses import LossConfig
+from flaxlm.config import StepConfig  # noqa: F401  (re-exported: steps take it)
 
 
 @flax.struct.dataclass
@@ -37,12 +37,6 @@ class TrainState:
   params: Any
   opt_state: Any  # of the trainable parameters only
   rng: jax.Array  # raw uint32[2] key; per-step keys are fold_in(rng, step)
-
-
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-  accum_steps: int = 1
-  loss: LossConfig = LossConfig()
 
 
 def init_inputs(batch_size: int, seq_len: int) -> jax.Array:

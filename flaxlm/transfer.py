@@ -16,7 +16,7 @@ import logging
 from flax import traverse_util
 
 from flaxlm.errors import CheckpointMismatchError, DataNotFoundError
-from flaxlm.models import registry
+from flaxlm.param_trees import Layout
 from flaxlm.workdir import Workdir
 
 log = logging.getLogger("flaxlm")
@@ -34,7 +34,7 @@ class Pretrained:
 def load(init_from: str, mesh, hint: str = "") -> Pretrained:
   """The pretrained backbone named by `init_from` (a pretraining workdir, or 'hf:<dir>': a
   Hugging Face model folder, imported by flaxlm.convert), on `mesh`."""
-  from flaxlm.pretrained import load_trained
+  from flaxlm.pretrained import load_trained, saved_family
 
   if init_from.startswith("hf:"):
     from flaxlm.convert import load_hf
@@ -46,8 +46,8 @@ def load(init_from: str, mesh, hint: str = "") -> Pretrained:
     fix = f"; create it with: {hint}" if hint else "; train one with train.py first"
     raise DataNotFoundError(f"init_from={init_from!r} holds no pretraining checkpoint{fix}")
   trainable, params, tokenizer = load_trained(workdir, mesh)
-  family = registry.family_of_model(trainable.model)
-  return Pretrained(family.name, trainable.model.config, tokenizer, params, str(workdir.path))
+  family = saved_family(workdir)
+  return Pretrained(family, trainable.model.config, tokenizer, params, str(workdir.path))
 
 
 def from_imported(imported, source: str) -> Pretrained:
@@ -57,14 +57,12 @@ def from_imported(imported, source: str) -> Pretrained:
   )
 
 
-def backbone_overrides(abstract_params: dict, pretrained: Pretrained) -> dict:
-  """{flattened path in the task model: pretrained array} for every backbone parameter.
+def backbone_overrides(abstract_params: dict, pretrained: Pretrained, layout: Layout) -> dict:
+  """{flattened path in the task model: pretrained array} for every backbone parameter
+  (`layout`: the task's tree; a generative task takes the family's LM head too).
 
   Raises with the missing and mismatched paths; logs the unused pretraining parameters."""
-  # A task with a head nests the backbone under 'backbone'; a generative task (seq2seq, SFT)
-  # trains the pretrained model itself, language-model head included.
-  prefix = ("backbone",) if "backbone" in abstract_params else ()
-  want = traverse_util.flatten_dict(abstract_params["backbone"] if prefix else abstract_params)
+  want = traverse_util.flatten_dict(layout.backbone(abstract_params))
   have = traverse_util.flatten_dict(pretrained.params)
   missing = sorted("/".join(k) for k in want if k not in have)
   mismatched = sorted(
@@ -81,7 +79,7 @@ def backbone_overrides(abstract_params: dict, pretrained: Pretrained) -> dict:
     )
   if unused:
     log.info("init_from: %d pretraining parameters not used by the task: %s", len(unused), unused)
-  return {(*prefix, *k): have[k] for k in want}
+  return {layout.backbone_path(k): have[k] for k in want}
 
 
 def all_params(pretrained: Pretrained) -> dict:

@@ -12,18 +12,6 @@ from flaxlm.data import spec
 from flaxlm.data.tokenizers import TokenizerConfig, reserved_names
 from flaxlm.errors import ConfigError
 
-# What each pretraining objective needs the tokenizer to reserve, and how to get it.
-OBJECTIVE_TOKENS = {
-  "causal_lm": ((), ""),
-  "mlm": (("cls", "sep", "mask"), "--config.tokenizer.special_tokens=bert"),
-  "mlm_nsp": (("cls", "sep", "mask"), "--config.tokenizer.special_tokens=bert"),
-  "span_corruption": (
-    ("eos", "pad", "sentinel_0"),
-    "--config.tokenizer.kind=sentencepiece --config.tokenizer.special_tokens=t5",
-  ),
-  "seq2seq": (("eos", "pad"), "--config.tokenizer.special_tokens='' or t5 (or kind=byte)"),
-}
-
 
 def make_mesh(axes: dict, devices=None):
   try:
@@ -93,8 +81,8 @@ def check_loop_keys(run) -> None:
 
 
 def check_objective_tokens(objective: str, tok: TokenizerConfig) -> None:
-  objectives.check_objective(objective)
-  needed, fix = OBJECTIVE_TOKENS[objective]
+  declared = objectives.entry(objective)
+  needed, fix = declared.tokens, declared.tokens_fix
   missing = [n for n in needed if n not in reserved_names(tok)]
   if missing:
     raise ConfigError(
@@ -153,10 +141,10 @@ def check_attention(model_config, seq_len: int = 0) -> None:
 def check_dataset(dataset: str, text_feature: str, key: str) -> None:
   spec.check(dataset, text_feature, key)
   if dataset.startswith("tfds:"):  # the name and its features, from the catalog (no download)
-    from flaxlm.data import sources
+    from flaxlm.data import catalog
 
     name = dataset[len("tfds:") :].partition(":")[0]
-    sources.check_features(dataset, sources.tfds_builder(name, ""), text_feature)
+    catalog.check_features(dataset, catalog.tfds_builder(name, ""), text_feature)
 
 
 def vocab_estimate(tok: TokenizerConfig) -> int:

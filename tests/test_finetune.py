@@ -8,6 +8,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from samples import set_keys
 from test_bad_inputs import files
 
 from flaxlm import config_finetune, finetuned, finetuning, pretraining, sharding
@@ -55,13 +56,7 @@ def lstm_config(tmp, **overrides):
   c.eval_every = 40
   c.checkpoint_every = 40
   c.log_every = 10
-  for key, value in overrides.items():
-    target, *path = key.split(".")
-    if path:
-      c[target][path[0]] = value
-    else:
-      c[key] = value
-  return c
+  return set_keys(c, overrides)
 
 
 # --- examples ---------------------------------------------------------------------------------
@@ -302,7 +297,7 @@ def test_pretrained_backbone_is_restored_bit_for_bit(bert_workdir, tmp_path):
     ["0", "1"],
   )
   trainable = finetuning.build(task, "bert", source.model_config, ft, mesh)
-  overrides = transfer.backbone_overrides(trainable.abstract_state.params, source)
+  overrides = transfer.backbone_overrides(trainable.abstract_state.params, source, task.layout)
   params = jax.device_get(trainable.init_state(0, overrides).params)
   want = jax.device_get(pretrained)
   for key in ("embed", "layers_0", "layers_1", "pooler", "pos_embed", "type_embed"):

@@ -7,6 +7,7 @@ import signal
 import time
 
 import pytest
+from conftest import Finished
 from test_bad_inputs import files
 from test_generation_tasks import pairs
 from test_trainer import by_step, max_difference, rows
@@ -105,9 +106,10 @@ TASKS = ["classification", "padding_free", "token_classification", "qa", "seq2se
 def test_finetune_resume_after_sigkill_is_exact(task, scripts, tmp_path):
   args = [*task_args(tmp_path, task), *STEPS]
   reference = tmp_path / "reference"
-  done = scripts.run("finetune.py", f"--workdir={reference}", *args, tiny=False, timeout=600)
-  assert done.returncode == 0, done.stderr[-3000:]
-
+  # The uninterrupted run and the one to kill run side by side (one core each).
+  ref_out, ref_err = open(tmp_path / "reference.out", "w+"), open(tmp_path / "reference.err", "w+")
+  ref = scripts.start("finetune.py", f"--workdir={reference}", *args, tiny=False,
+                      stdout=ref_out, stderr=ref_err)  # fmt: skip
   workdir = tmp_path / "killed"
   err = open(tmp_path / "killed.err", "w")
   proc = scripts.start(
@@ -122,6 +124,10 @@ def test_finetune_resume_after_sigkill_is_exact(task, scripts, tmp_path):
     time.sleep(0.01)
   proc.wait(timeout=60)
   assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.err").read_text()[-2000:]
+  ref.wait(timeout=600)
+  ref_out.seek(0), ref_err.seek(0)
+  done = Finished(ref.returncode, ref_out.read(), ref_err.read())
+  assert done.returncode == 0, done.stderr[-3000:]
   again = scripts.run("finetune.py", f"--workdir={workdir}", *args, tiny=False, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "resumed from step" in again.stderr

@@ -50,19 +50,15 @@ def _import(args) -> None:
 def _export(args) -> None:
   from flaxlm import finetuned, pretrained
   from flaxlm.convert import export_hf
-  from flaxlm.convert.api import TASK_HEADS
-  from flaxlm.models import registry
 
   if finetuned.workdir_kind(args.workdir) == "finetune":
     model = finetuned.load(args.workdir)
-    name = model.task.name
-    # Encoder-decoders classify in text (no head): they export as language models.
-    task = None if model.family == "encdec" else TASK_HEADS.get(name, name)
+    task = model.task.layout.head  # None: the family's LM head (SFT, seq2seq, text labels)
     params, labels = model.params, model.task.labels
     family, config, tokenizer = model.family, model.model_config, model.tokenizer
   else:
     trainable, params, tokenizer = pretrained.load_trained(args.workdir)
-    family = registry.family_of_model(trainable.model).name
+    family = pretrained.saved_family(args.workdir)
     config, task, labels = trainable.model.config, args.task, None
   class_name = export_hf(args.hf_dir, family, config, params, tokenizer, task=task, labels=labels)
   print(f"{args.workdir} -> {args.hf_dir} ({class_name})")

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from flaxlm import param_trees
 from flaxlm.convert import bert, files, gpt2, llama, t5, tokenizer_export, tree
 from flaxlm.convert.tokenizer import HFTokenizer, from_directory
 from flaxlm.errors import CheckpointMismatchError, ConfigError
@@ -31,9 +32,7 @@ log = logging.getLogger("flaxlm")
 
 ARCHS = {"gpt2": gpt2, "llama": llama, "bert": bert, "roberta": bert, "t5": t5}
 MODEL_TYPES = {t: m for m in (gpt2, llama, bert, t5) for t in m.MODEL_TYPES}
-# flaxlm task names -> the head kind they train (flaxlm.models.heads.HEAD_NAMES)
-TASK_HEADS = {"classification": "sequence", "relation": "sequence", "token_classification": "token"}
-TASKS = ("bare", "sequence", "token", "span")
+TASKS = ("bare", "sequence", "token", "span")  # None: the language-model head
 
 
 @dataclasses.dataclass
@@ -51,7 +50,7 @@ class Imported:
 
   @property
   def backbone(self) -> dict:
-    return self.params["backbone"] if self.task else self.params
+    return param_trees.Layout(self.task).backbone(self.params)
 
   def model(self):
     """The flaxlm module these params belong to (a TaskModel for a task checkpoint)."""
@@ -62,7 +61,7 @@ def _module(family: str, config, task: str | None, params: dict):
   model = registry.build_model(family, config)
   if not task:
     return model
-  name = heads.HEAD_NAMES[task]
+  name = param_trees.HEAD_NAMES[task]
   outputs = params[name]["kernel"].shape[-1]
   return heads.TaskModel(
     model, registry.family_of(family).features, task, outputs, config.dropout_rate
@@ -83,7 +82,9 @@ def load_hf(directory: str | pathlib.Path, pad_vocab_to: int = 1) -> Imported:
     )
   module = MODEL_TYPES[model_type]
   tensors = files.read_weights(directory)
-  converted = module.import_checkpoint(hf, tensors, tree.round_up(hf["vocab_size"], pad_vocab_to))
+  converted = module.import_checkpoint(
+    hf, tensors, registry.padded_vocab(hf["vocab_size"], pad_vocab_to)
+  )
   if converted.unused:
     raise CheckpointMismatchError(
       f"{directory}: {len(converted.unused)} weights have no place in flaxlm's "
@@ -120,14 +121,16 @@ def architecture(family: str, config, tokenizer=None) -> str:
   """The transformers architecture a flaxlm model exports as ('gpt2', 'roberta', ...)."""
   if family in ARCHS:
     arch = family
-  elif family == "gpt":
-    arch = "gpt2" if gpt2.fits(config) else "llama"
-  elif family == "bert":  # RoBERTa when its tokenizer came from one
-    arch = "roberta" if getattr(tokenizer, "source", "") == "roberta" else "bert"
-  elif family == "encdec":
-    arch = "t5"
   else:
-    raise ConfigError(f"family={family!r}: flaxlm exports {sorted(ARCHS)} (or gpt, bert, encdec)")
+    candidates = registry.family_of(family).hf_architectures
+    if not candidates:
+      raise ConfigError(
+        f"family={family!r} has no transformers counterpart; flaxlm exports "
+        f"{sorted(f for f, fam in registry.FAMILIES.items() if fam.hf_architectures)}"
+      )
+    source = getattr(tokenizer, "source", "")  # a tokenizer imported from one of them
+    fitting = [a for a in candidates if ARCHS[a].fits(config)] or list(candidates)
+    arch = source if source in fitting else fitting[0]
   if not ARCHS[arch].fits(config):
     raise ConfigError(
       f"a {type(config).__name__} with position={config.position!r} does not export as {arch} "
@@ -175,22 +178,21 @@ def export_hf(
 
   `family`: flaxlm's ('gpt', 'bert', 'encdec') or an architecture ('gpt2', 'llama', 'bert',
   'roberta', 't5'). `task`: None (the language-model head), 'bare' (the backbone alone),
-  or a head of a fine-tuned {'backbone', 'classifier' | 'qa_outputs'} tree: 'sequence',
-  'token', 'span' (flaxlm task names 'classification', 'relation', 'token_classification'
-  are accepted). `labels` name the classifier's outputs. Trailing vocabulary rows that are
+  or the head of a fine-tuned {'backbone', 'classifier' | 'qa_outputs'} tree: 'sequence',
+  'token', 'span' (a task's `head_for(family)`; `flaxlm.param_trees`). `labels` name the classifier's outputs. Trailing vocabulary rows that are
   zero in every vocabulary table (what import padding adds) are dropped, down to the
   tokenizer's size."""
   directory = pathlib.Path(directory)
-  task = TASK_HEADS.get(task, task)
   if task is not None and task not in TASKS:
-    raise ConfigError(f"task={task!r}; choose None, {TASKS} or {sorted(TASK_HEADS)}")
+    raise ConfigError(f"task={task!r}; choose None (the language-model head) or one of {TASKS}")
   arch = architecture(family, model_config, tokenizer)
   params = tree.unstack_layers(jax.device_get(params))
-  if task not in (None, "bare") and "backbone" not in params:
+  headed = task not in (None, "bare")
+  if headed and param_trees.BACKBONE not in params:
     raise ConfigError(f"task={task!r} needs a fine-tuned tree {{'backbone': ..., <head>: ...}}")
-  if task == "bare" and "backbone" in params:
-    params = params["backbone"]
-  backbone = params.get("backbone", params)
+  if task == "bare" and param_trees.BACKBONE in params:
+    params = params[param_trees.BACKBONE]
+  backbone = param_trees.Layout(task if headed else None).backbone(params)
   keep = tokenizer.vocab_size if tokenizer is not None else 0
   vocab = tree.used_vocab(_vocab_tables(backbone), keep)
   specials = getattr(tokenizer, "special_ids", {}) or {}
@@ -201,7 +203,7 @@ def export_hf(
   config.update(architectures=[class_name], dtype="float32")
   for name in ("pad", "bos", "eos"):
     config.setdefault(f"{name}_token_id", specials.get(name))
-  head = heads.HEAD_NAMES.get(task)
+  head = param_trees.HEAD_NAMES.get(task)
   if task in ("sequence", "token"):
     n = params[head]["kernel"].shape[-1]
     names = list(labels) if labels else [f"LABEL_{i}" for i in range(n)]

@@ -105,10 +105,6 @@ def norm(weight: np.ndarray, bias: np.ndarray | None = None) -> dict:
 # --- vocabulary padding -----------------------------------------------------------------------
 
 
-def round_up(n: int, multiple: int) -> int:
-  return n if multiple <= 1 else -(-n // multiple) * multiple
-
-
 def pad_rows(x: np.ndarray, rows: int, axis: int = 0) -> np.ndarray:
   """Zero rows appended along `axis` up to `rows` (padded vocabulary ids)."""
   extra = rows - x.shape[axis]

@@ -119,14 +119,15 @@ def _conll(path: str, text: str, word_index: int, tag_index: int) -> list[dict]:
         records.append({"words": words, "tags": tags, WHERE: f"{path}:{start}"})
       words, tags, start = [], [], line + 1
       continue
-    try:
-      words.append(fields[word_index])
-      tags.append(fields[tag_index])
-    except IndexError:
+    word_at, tag_at = (i if i >= 0 else len(fields) + i for i in (word_index, tag_index))
+    if not (0 <= word_at < len(fields) and 0 <= tag_at < len(fields)) or word_at == tag_at:
       raise DataError(
-        f"{path}:{line} has {len(fields)} columns; columns.word_index={word_index} and "
-        f"columns.tag_index={tag_index} must name a column of every token line"
-      ) from None
+        f"{path}:{line} has {len(fields)} column{'s' * (len(fields) != 1)} ({raw.strip()!r}); "
+        f"expected a word (columns.word_index={word_index}) and its tag "
+        f"(columns.tag_index={tag_index}) in different columns of every token line"
+      )
+    words.append(fields[word_at])
+    tags.append(fields[tag_at])
   return records
 
 
@@ -175,10 +176,10 @@ def _pairs(source: str, target: str) -> list[dict]:
 
 
 def _tfds(arg: str) -> list[dict]:
-  from flaxlm.data import sources
+  from flaxlm.data.catalog import tfds_builder
 
   name, _, split = arg.partition(":")
-  builder = sources.tfds_builder(name, "")
+  builder = tfds_builder(name, "")
   builder.download_and_prepare()
   source = builder.as_data_source(split=split or "train")
   records = []

@@ -21,8 +21,6 @@ import numpy as np
 
 from flaxlm.data.spec import DataConfig
 from flaxlm.errors import DataError
-from flaxlm.objectives import Objective
-from flaxlm.objectives.causal import causal_lm_objective
 
 
 def batches(
@@ -111,21 +109,16 @@ def fixed_batches(
   return ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=collate)
 
 
-def train_dataset(
-  data, config: DataConfig, global_batch: int, objective: Objective | None = None, rows=None
-):
-  """Pretraining batches of `objective` (default: causal LM) over a tokenized split (this
-  host's `rows` of each, when given)."""
-  objective = objective or causal_lm_objective()
+def train_dataset(data, config: DataConfig, global_batch: int, objective, rows=None):
+  """Pretraining batches of `objective` (an `objectives.Objective`: its records and example
+  functions) over a tokenized split (this host's `rows` of each, when given)."""
   records = objective.records(data, config, config.window_stride)
   return batches(records, objective.example, global_batch, config.seed, objective.group, rows=rows)
 
 
-def eval_batches(
-  data, config: DataConfig, batch: int, num_batches: int, objective: Objective | None = None
-) -> list[dict]:
-  """The first `num_batches` non-overlapping validation batches, in order (a fixed eval set)."""
-  objective = objective or causal_lm_objective()
+def eval_batches(data, config: DataConfig, batch: int, num_batches: int, objective) -> list[dict]:
+  """The first `num_batches` non-overlapping validation batches of `objective`, in order (a
+  fixed eval set)."""
   records = objective.records(data, config, 0)
   ds = fixed_batches(records, objective.example, batch, config.seed + 1, objective.group)
   n = min(num_batches, len(ds))

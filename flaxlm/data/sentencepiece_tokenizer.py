@@ -10,11 +10,11 @@ import re
 
 import numpy as np
 
-from flaxlm.data.tokenizers import (
+from flaxlm.data.tokenizer_config import (
   NUM_SENTINELS,
   SPECIAL_TOKENS,
   TokenizerConfig,
-  _training_lines,
+  training_lines,
 )
 from flaxlm.errors import ConfigError
 
@@ -56,7 +56,7 @@ class SentencePieceTokenizer:
   def train(cls, documents: list[str], config: TokenizerConfig) -> SentencePieceTokenizer:
     import sentencepiece as spm
 
-    sentences = _training_lines(documents, config.max_training_chars)  # '\n' is its own piece
+    sentences = training_lines(documents, config.max_training_chars)  # '\n' is its own piece
     special = SPECIAL_TOKENS[config.special_tokens]
     exact = not config.special_tokens  # exact round trip; else WordPiece-like whitespace
     model = io.BytesIO()

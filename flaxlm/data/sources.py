@@ -10,7 +10,6 @@ document order, which ArrayRecord shuffles at write time. One local file is one 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import os
@@ -20,7 +19,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from flaxlm.data import spec as specs
-from flaxlm.errors import ConfigError, DataError, DataNotFoundError
+from flaxlm.data.catalog import check_features, tfds_builder  # noqa: F401  (were here)
+from flaxlm.errors import ConfigError, DataError
 
 
 def python_docs() -> list[str]:
@@ -201,34 +201,6 @@ def _record_field_source(spec: str, data_dir: str, text_feature: str) -> TextSou
   )
   builder = _local_builder(name, renamed, data_dir, fields)
   return TextSource(spec, {"train": builder}, "source,target" if len(names) == 2 else "text")
-
-
-def tfds_builder(name: str, data_dir: str):
-  known = tfds.list_builders(with_community_datasets=False)  # the community list needs TF
-  try:
-    if name.split("/")[0].split(":")[0] not in known:
-      raise tfds.core.registered.DatasetNotFoundError(name)
-    return tfds.builder(name, data_dir=data_dir, file_format="array_record")
-  except tfds.core.registered.DatasetNotFoundError:
-    close = difflib.get_close_matches(name.split("/")[0], known, n=3)
-    raise DataNotFoundError(
-      f"no TFDS dataset {name!r}"
-      + (f" (similar: {', '.join(close)})" if close else "")
-      + "; see https://www.tensorflow.org/datasets/catalog"
-    ) from None
-
-
-def check_features(spec: str, builder, text_feature: str) -> None:
-  try:
-    features = set(builder.info.features.keys())
-  except Exception:  # noqa: BLE001 - no metadata offline: checked when records are read
-    return
-  missing = [f for f in text_feature.split(",") if f not in features]
-  if missing:
-    raise ConfigError(
-      f"config.text_feature={text_feature!r}: {spec} has no feature {missing[0]!r}; "
-      f"its features are {sorted(features)}"
-    )
 
 
 def _files_fingerprint(prefix: str, paths: list[str]) -> str:

@@ -16,7 +16,7 @@ import heapq
 
 import numpy as np
 
-from flaxlm.data.tokenizers import WORDPIECE_SPECIALS, TokenizerConfig, _training_lines
+from flaxlm.data.tokenizer_config import WORDPIECE_SPECIALS, TokenizerConfig, training_lines
 
 CONTINUATION = "##"
 
@@ -139,7 +139,7 @@ class WordPieceTokenizer:
     normalizer = hf.normalizers.BertNormalizer(lowercase=config.lowercase)
     pre_tokenizer = hf.pre_tokenizers.BertPreTokenizer()
     counts = count_words(
-      _training_lines(documents, config.max_training_chars), normalizer, pre_tokenizer
+      training_lines(documents, config.max_training_chars), normalizer, pre_tokenizer
     )
     specials = [token for _, token in WORDPIECE_SPECIALS[config.special_tokens]]
     vocab = train_vocab(counts, config.vocab_size, specials)

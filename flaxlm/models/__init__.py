@@ -1,9 +1,11 @@
-"""Model families. Each family module registers a config class, presets and a Linen module.
+"""Model families. Each family module gives a config class, presets and a Linen module whose
+weight matrices are `flaxlm.projection.Projection`s.
 
-`FAMILIES[name]` gives a `Family`; the trainer, sharding and checkpoint code only ever see
-that record, so adding a family is adding a module and one registry line — no `if name ==`.
+`FAMILIES[name]` gives a `Family`; the trainer, tasks, sharding, checkpoints and export only
+ever see that record, so adding a family is a module and one `registry.register(Family(...))`
+call, in flaxlm or outside it (tests/toy_plugins.py does it from a test) — no `if name ==`.
 """
 
-from flaxlm.models.registry import FAMILIES, Family, build_model, family_of
+from flaxlm.models.registry import FAMILIES, Family, build_model, family_of, register
 
-__all__ = ["FAMILIES", "Family", "build_model", "family_of"]
+__all__ = ["FAMILIES", "Family", "build_model", "family_of", "register"]

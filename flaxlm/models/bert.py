@@ -15,7 +15,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flaxlm import attention, layers
+from flaxlm import attention, layers, projection
 from flaxlm.models.transformer import Block, TransformerConfig, stack_blocks
 
 
@@ -91,13 +91,7 @@ class Bert(nn.Module):
     if c.norm_position == "pre":
       x = c.norm_layer("ln_final")(x)
 
-    dense = lambda features, axes, name: nn.Dense(
-      features,
-      dtype=dtype,
-      kernel_init=layers.logical_init(nn.initializers.normal(0.02), axes),
-      bias_init=layers.logical_init(nn.initializers.zeros, axes[-1:]),
-      name=name,
-    )
+    dense = lambda features, axes, name: projection.dense(features, axes, name, dtype=dtype)
     first = x[:, 0] if pool_index is None else x.reshape(-1, x.shape[-1])[pool_index]
     pooled = jnp.tanh(dense(c.embed_dim, ("embed", "mlp"), "pooler")(first))
     out = {"hidden": x, "pooled": pooled}

@@ -14,9 +14,8 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flaxlm import layers
-
-HEAD_NAMES = {"sequence": "classifier", "token": "classifier", "span": "qa_outputs"}
+from flaxlm.param_trees import HEAD_NAMES
+from flaxlm.projection import dense
 
 
 class TaskModel(nn.Module):
@@ -34,12 +33,8 @@ class TaskModel(nn.Module):
     f = self.features(self.backbone, batch, deterministic)
     x = f["pooled"] if self.head == "sequence" else f["hidden"]
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-    logits = nn.Dense(
-      self.num_outputs,
-      kernel_init=layers.logical_init(nn.initializers.normal(0.02), ("embed", "labels")),
-      bias_init=layers.logical_init(nn.initializers.zeros, ("labels",)),
-      name=HEAD_NAMES[self.head],
-    )(x)
+    # dtype None: the features' dtype promoted with the f32 kernel, as nn.Dense computed it
+    logits = dense(self.num_outputs, ("embed", "labels"), HEAD_NAMES[self.head], dtype=None)(x)
     return logits.astype(jnp.float32)
 
 

@@ -26,6 +26,10 @@ class Family:
   kind: str  # 'decoder' | 'encoder' | 'encdec': how tasks shape inputs and predictions
   # its features read padding-free rows (several examples per row, a pooled state for each)
   reads_packed_rows: bool = False
+  # the transformers architectures it exports as, in order of preference (flaxlm.convert
+  # takes the first whose converter fits the model config; a tokenizer that came from one of
+  # them picks it); () = no Hugging Face counterpart
+  hf_architectures: tuple[str, ...] = ()
 
   @property
   def objective(self) -> str:
@@ -35,15 +39,15 @@ class Family:
 FAMILIES: dict[str, Family] = {
   "gpt": Family(
     "gpt", gpt.GPTConfig, gpt.PRESETS, gpt.GPT, gpt.flops_per_token, ("causal_lm",),
-    gpt.features, "decoder",
+    gpt.features, "decoder", hf_architectures=("gpt2", "llama"),
   ),
   "bert": Family(
     "bert", bert.BertConfig, bert.PRESETS, bert.Bert, bert.flops_per_token, ("mlm", "mlm_nsp"),
-    bert.features, "encoder", reads_packed_rows=True,
+    bert.features, "encoder", reads_packed_rows=True, hf_architectures=("bert", "roberta"),
   ),
   "encdec": Family(
     "encdec", encdec.EncDecConfig, encdec.PRESETS, encdec.EncoderDecoder, encdec.flops_per_token,
-    ("span_corruption", "seq2seq"), encdec.features, "encdec",
+    ("span_corruption", "seq2seq"), encdec.features, "encdec", hf_architectures=("t5",),
   ),
   "lstm": Family(
     "lstm", lstm.LSTMConfig, lstm.PRESETS, lstm.BiLSTM, lstm.flops_per_token, (),
@@ -58,12 +62,12 @@ def family_of(name: str) -> Family:
   return FAMILIES[name]
 
 
-def family_of_model(model: nn.Module) -> Family:
-  """The family whose module `model` is."""
-  for family in FAMILIES.values():
-    if isinstance(model, family.module_cls):
-      return family
-  raise ConfigError(f"{type(model).__name__} is not a registered model family's module")
+def register(family: Family) -> Family:
+  """Adds a model family: a module of its own and this call, no other file (tasks read it
+  through `features` and `kind`, pretraining through `objectives`, export through
+  `hf_architectures`)."""
+  FAMILIES[family.name] = family
+  return family
 
 
 def model_config(family: str, fields: Mapping[str, Any]):
@@ -80,6 +84,12 @@ def model_config(family: str, fields: Mapping[str, Any]):
     return fam.config_cls(**fields)
   except ValueError as e:  # the config class's own checks
     raise ConfigError(str(e)) from None
+
+
+def padded_vocab(vocab_size: int, multiple: int) -> int:
+  """`vocab_size` rounded up to a multiple (fast, evenly sharded embeddings); the one rule
+  pretraining, fine-tuning from scratch and Hugging Face import size vocabularies by."""
+  return vocab_size if multiple <= 1 else -(-vocab_size // multiple) * multiple
 
 
 def build_model(family: str, config) -> nn.Module:

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flaxlm import attention, layers
+from flaxlm import attention, layers, projection
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -168,12 +168,8 @@ def vocab_logits(x, embedder, tied: bool, dtype, tied_scale: float = 1.0):
   if tied:
     logits = embedder.attend(x * tied_scale if tied_scale != 1.0 else x)
   else:
-    logits = nn.DenseGeneral(
-      embedder.vocab_size,
-      use_bias=False,
-      dtype=dtype,
-      kernel_init=layers.logical_init(nn.initializers.normal(0.02), ("embed", "vocab")),
-      name="lm_head",
+    logits = projection.dense(
+      embedder.vocab_size, ("embed", "vocab"), "lm_head", use_bias=False, dtype=dtype
     )(x)
   logits = nn.with_logical_constraint(
     logits, ("activation_batch", "activation_length", "activation_vocab")

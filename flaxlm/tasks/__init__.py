@@ -7,8 +7,11 @@
   seq2seq                a source text -> a target text (summaries, translation) seq2seq.py
   sft                    instruction tuning of decoders: prompt -> response      sft.py
 
-A task says how a record becomes an example, which head sits on the backbone, the loss, the
-predictions and how they are scored; see `flaxlm.tasks.base.Task`.
+A task says how a record becomes an example, which head sits on the backbone (`head_kind`,
+`flaxlm.param_trees`), the loss, the predictions and how they are scored, the metrics it
+reports, the record columns it reads beyond `Columns` and the bounds of its config fields;
+see `flaxlm.tasks.base.Task`. A task added outside flaxlm registers with `register(cls)`
+(tests/toy_plugins.py).
 """
 
 from __future__ import annotations
@@ -31,7 +34,14 @@ TASKS: dict[str, type[Task]] = {
   "sft": SFT,
 }
 
-__all__ = ["TASKS", "Columns", "Task", "config_from_block", "task_class"]
+__all__ = ["TASKS", "Columns", "Task", "config_from_block", "register", "task_class"]
+
+
+def register(cls: type[Task]) -> type[Task]:
+  """Adds a task: a module of its own and this call (usable as a class decorator), no other
+  file. Its config class, head, metrics, columns and bounds are what it declares."""
+  TASKS[cls.name] = cls
+  return cls
 
 
 def task_class(name: str) -> type[Task]:

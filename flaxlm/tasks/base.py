@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from flaxlm import param_trees
 from flaxlm.errors import ConfigError
 
 
@@ -42,6 +43,75 @@ class Columns:
   prompt: str = "prompt"  # instruction tuning
   response: str = "response"
   messages: str = ""  # chat turns [{'role', 'content'}] (instead of prompt / response)
+  # columns a task registered from outside declares (`Task.own_columns`), as (name, field)
+  # pairs; read as attributes like the others
+  extra: tuple = ()
+
+  def __getattr__(self, name: str):
+    for key, value in object.__getattribute__(self, "extra"):
+      if key == name:
+        return value
+    raise AttributeError(f"Columns has no column {name!r}")
+
+  @classmethod
+  def of(cls, fields: dict) -> Columns:
+    """Columns from a config's `columns` block (or a saved mapping): the fields above by
+    name, the rest (tasks' own columns) as `extra`."""
+    known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    extra = {str(k): v for k, v in fields.get("extra", ())}
+    extra.update({k: v for k, v in fields.items() if k not in known and k != "extra"})
+    given = {k: v for k, v in fields.items() if k in known}
+    return cls(**given, extra=tuple(sorted(extra.items())))
+
+  @classmethod
+  def defaults(cls, tasks) -> dict:
+    """The `columns` config block: these fields and every task's own columns."""
+    block = {f.name: f.default for f in dataclasses.fields(cls) if f.name != "extra"}
+    for task in tasks:
+      block.update(task.own_columns)
+    return block
+
+
+@dataclasses.dataclass(frozen=True)
+class Bound:
+  """The values a task config field may take: [low, high], or [low, high) with `open_high`."""
+
+  low: float | None = None
+  high: float | None = None
+  open_high: bool = False
+  why: str = ""  # what the field is, for the message
+
+  def check(self, name: str, value) -> None:
+    too_low = self.low is not None and value < self.low
+    too_high = self.high is not None and (
+      value >= self.high if self.open_high else value > self.high
+    )
+    if not (too_low or too_high):
+      return
+    if self.high is None:
+      rule = f"must be at least {self.low}"
+    elif self.low is None:
+      rule = f"must be at most {self.high}"
+    else:
+      rule = f"must be in [{self.low}, {self.high}{')' if self.open_high else ']'}"
+    raise ConfigError(f"task.{name}={value!r} {rule} ({self.why}); --config.task.{name}=<value>")
+
+
+def bounded(default, low=None, high=None, *, open_high: bool = False, why: str = ""):
+  """A task config field with its bound, checked when the config is built (before any data is
+  read): `max_len: int = bounded(128, 1, why='tokens per example')`."""
+  return dataclasses.field(default=default, metadata={"bound": Bound(low, high, open_high, why)})
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+  """Base of the task config dataclasses: checks every `bounded` field. Subclasses that add
+  checks of their own call `super().__post_init__()`."""
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      if "bound" in f.metadata:
+        f.metadata["bound"].check(f.name, getattr(self, f.name))
 
 
 class Task:
@@ -51,6 +121,12 @@ class Task:
   Config: ClassVar[type]  # the frozen dataclass of the config's `task` block
   metric: ClassVar[str]  # the default early-stopping metric (an eval_ key)
   metric_mode: ClassVar[str] = "max"
+  # Record fields the task reads beyond `Columns`'s, with their default names (a task added
+  # from outside declares its own here; they join the config's `columns` block).
+  own_columns: ClassVar[dict[str, str]] = {}
+  # The head the task puts on its backbone ('sequence' | 'token' | 'span'), or None: it
+  # trains the family's own language-model head (flaxlm.param_trees).
+  head_kind: ClassVar[str | None] = None
   pad_values: ClassVar[dict] = {"inputs": 0, "segment_ids": 0}
 
   def __init__(self, config, columns: Columns, family, model_config, tokenizer, labels):
@@ -69,12 +145,42 @@ class Task:
     return cls.metric_mode
 
   @classmethod
+  def head_for(cls, family) -> str | None:
+    """The head kind on a backbone of `family` (a registry.Family)."""
+    return cls.head_kind
+
+  @property
+  def layout(self) -> param_trees.Layout:
+    """Which parameters of this task's model are backbone and head."""
+    return param_trees.Layout(self.head_for(self.family))
+
+  @classmethod
+  def metric_names(cls, config) -> tuple[str, ...]:
+    """The scalar metrics an evaluation reports for a task config, without the eval_ prefix
+    (what early_stopping.metric may name); every task reports its loss."""
+    return ("loss",)
+
+  @classmethod
   def fit_labels(cls, config, columns: Columns, records: list[dict]) -> list[str] | None:
     """The label set, from the training records (saved in every checkpoint)."""
     return None
 
+  @classmethod
+  def stratum(cls, config, columns: Columns, record: dict) -> str | None:
+    """What k-fold splits keep in proportion (a single label), or None: plain folds."""
+    return None
+
   def check(self) -> None:
     """Config checks that need the task, family and tokenizer (before any training)."""
+
+  def check_room(self, name: str, specials: int, what: str = "special tokens") -> None:
+    """`task.<name>` holds `specials` tokens the task adds plus at least one token of text."""
+    value = getattr(self.config, name)
+    if value < specials + 1:
+      raise ConfigError(
+        f"task.{name}={value} leaves no room for text: it must hold the task's {specials} "
+        f"{what} plus at least one token; use --config.task.{name}={specials + 1} or more"
+      )
 
   # --- data -------------------------------------------------------------------------------
   def key(self, record: dict):
@@ -89,8 +195,23 @@ class Task:
     Predictions of a record's examples come back together (`predictions['record']`)."""
     return [self.example(record)]
 
+  # Whether throughput is reported in tokens per second (a task over words: NER); else
+  # examples per second only.
+  reports_tokens: ClassVar[bool] = False
+
+  def init_batch(self, batch_size: int) -> tuple:
+    """Inputs that trace the task's model for `init` (a head on a backbone reads a batch
+    dict; a text-writing backbone, token ids)."""
+    from flaxlm.models import heads
+
+    if self.head_for(self.family):
+      return (heads.dummy_batch(batch_size, 8, getattr(self, "chars", 0)),)
+    return (np.zeros((batch_size, 8), np.int32),)
+
   def tokens_per_example(self, example: dict) -> int:
-    return int(np.sum(example["segment_ids"] > 0))
+    """Input tokens (an encoder-decoder example's source side: `input_segments`)."""
+    segments = example["segment_ids"] if "segment_ids" in example else example["input_segments"]
+    return int(np.sum(segments > 0))
 
   # Training rows made of several examples (packing: SFT, seq2seq): `group` examples in, one
   # row out; the loop then trains on rows, and evaluation still reads examples one by one.
@@ -138,6 +259,8 @@ def config_from_block(task_cls, fields: dict):
     )
   try:
     return task_cls.Config(**{k: v for k, v in fields.items() if k != "name"})
+  except ConfigError:  # a field's own check: it names the field
+    raise
   except (TypeError, ValueError) as e:
     raise ConfigError(f"config.task: {e}") from None
 
@@ -175,6 +298,26 @@ def encode_inputs(tokenizer, text: str, pair: str | None, max_len: int, chars: i
   }
   if chars:
     out["chars"] = tokenizer.char_ids([w for _, w in tokens], chars)
+  return out
+
+
+def encode_batch(
+  tokenizer, texts: list[str], pairs: list[str] | None = None, max_len: int = 512
+) -> dict:
+  """Texts (or text pairs) framed as `encode_inputs` frames them, padded to the longest:
+  {'inputs', 'segment_ids' (1 on tokens, 0 on padding: the attention mask), 'type_ids'},
+  each (B, T) int32."""
+  if pairs is not None and len(pairs) != len(texts):
+    raise ValueError(f"{len(texts)} texts but {len(pairs)} pairs")
+  rows = [encode_inputs(tokenizer, t, None if pairs is None else pairs[i], max_len)
+          for i, t in enumerate(texts)]  # fmt: skip
+  width = max(len(r["inputs"]) for r in rows)
+  pad = getattr(tokenizer, "pad_id", None) or 0
+  out = {}
+  for key, fill in (("inputs", pad), ("segment_ids", 0), ("type_ids", 0)):
+    out[key] = np.full((len(rows), width), fill, np.int32)
+    for i, r in enumerate(rows):
+      out[key][i, : len(r[key])] = r[key]
   return out
 
 

@@ -22,36 +22,56 @@ from flaxlm.data.formats import WHERE, field, has_field
 from flaxlm.errors import ConfigError, DataError
 from flaxlm.models.heads import TaskModel
 from flaxlm.tasks import metrics
-from flaxlm.tasks.base import Task, encode_inputs
+from flaxlm.tasks.base import Task, TaskConfig, bounded, encode_inputs
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassificationConfig:
+class ClassificationConfig(TaskConfig):
   problem: str = "single_label"  # single_label | multi_label | regression
-  max_len: int = 128  # tokens per example, specials included
+  max_len: int = bounded(128, 1, why="tokens per example, specials included")
   labels: tuple = ()  # the label order; () = the training data's labels, sorted
   label_separator: str = ","  # multi_label: how one field lists several labels
-  threshold: float = 0.5  # multi_label: a label is predicted at this probability
+  # multi_label: a label is predicted at this probability
+  threshold: float = bounded(0.5, 0.0, 1.0, why="a probability")
   class_weights: str = ""  # '' | 'balanced' | one weight per label, comma-separated
   label_words: tuple = ()  # encoder-decoders: the words of each label (default: the label)
-  dropout_rate: float = 0.1  # before the head
-  max_chars: int = 16  # BiLSTM with a char CNN: characters read per word
+  dropout_rate: float = bounded(0.1, 0.0, 1.0, open_high=True, why="before the head")
+  # BiLSTM with a char CNN: characters read per word
+  max_chars: int = bounded(16, 1, why="characters the char CNN reads per word")
   # Training batches without padding: a step's examples share max_len-wide rows, each
   # attending only to itself (BERT-style encoders; `pipeline.pack_collate`). Same loss,
   # fewer tokens computed when texts are much shorter than max_len.
   padding_free: bool = False
 
   def __post_init__(self):
+    super().__post_init__()
     if self.problem not in ("single_label", "multi_label", "regression"):
       raise ConfigError(
         f"task.problem={self.problem!r}; choose 'single_label', 'multi_label' or 'regression'"
       )
+    if self.problem == "multi_label" and not self.label_separator:
+      raise ConfigError("task.label_separator='' cannot split a multi_label field; use e.g. ','")
+    if self.class_weights and self.class_weights != "balanced":
+      try:
+        weights = [float(x) for x in self.class_weights.split(",")]
+      except ValueError:
+        weights = []
+      if not weights or min(weights) <= 0:
+        raise ConfigError(
+          f"task.class_weights={self.class_weights!r}: use 'balanced' or one positive weight "
+          "per label, comma-separated (e.g. '1,3')"
+        )
 
 
 class Classification(Task):
   name = "classification"
   Config = ClassificationConfig
   metric = "eval_accuracy"
+  head_kind = "sequence"
+
+  @classmethod
+  def head_for(cls, family) -> str | None:
+    return None if family.kind == "encdec" else cls.head_kind  # encoder-decoders: text labels
 
   def __init__(self, *args):
     super().__init__(*args)
@@ -63,6 +83,20 @@ class Classification(Task):
   @classmethod
   def metric_for(cls, config) -> str:
     return "eval_pearson" if config.problem == "regression" else cls.metric
+
+  @classmethod
+  def metric_names(cls, config) -> tuple[str, ...]:
+    if config.problem == "regression":
+      return ("loss", "pearson", "spearman", "mse", "mae")
+    scores = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_micro", "roc_auc")
+    # single_label: MCC always, ROC and PR AUC with two labels (both occurring)
+    return ("loss", *scores) + (("mcc", "pr_auc") if config.problem == "single_label" else ())
+
+  @classmethod
+  def stratum(cls, config, columns, record) -> str | None:
+    if config.problem != "single_label":
+      return None
+    return str(field(record, columns.label, "label")).strip()
 
   @classmethod
   def fit_labels(cls, config, columns, records) -> list[str] | None:
@@ -88,6 +122,9 @@ class Classification(Task):
     if c.class_weights and c.problem != "single_label":
       raise ConfigError("task.class_weights applies to single_label classification")
     self.class_weights()  # parse now
+    if not self.text_to_text:  # the specials encode_inputs frames an empty text (pair) with
+      pair = "" if self.columns.text_pair else None
+      self.check_room("max_len", len(encode_inputs(self.tokenizer, "", pair, 1 << 20)["inputs"]))
     if c.padding_free and not self.family.reads_packed_rows:
       raise ConfigError(
         f"task.padding_free=True packs examples into shared rows, which model family "

@@ -22,24 +22,39 @@ from flaxlm.data.formats import WHERE, field, has_field
 from flaxlm.errors import ConfigError, DataError
 from flaxlm.models.heads import TaskModel
 from flaxlm.tasks import metrics
-from flaxlm.tasks.base import Task
+from flaxlm.tasks.base import Task, TaskConfig, bounded
 
 
 @dataclasses.dataclass(frozen=True)
-class QAConfig:
-  max_len: int = 384  # tokens per window: [CLS] question [SEP] passage window [SEP]
-  doc_stride: int = 128  # passage tokens two consecutive windows share
-  max_question_len: int = 64
-  max_answer_len: int = 30  # answer tokens at most
-  n_best: int = 20  # start and end candidates per window
-  dropout_rate: float = 0.1
+class QAConfig(TaskConfig):
+  max_len: int = bounded(384, 1, why="tokens per window: [CLS] question [SEP] passage [SEP]")
+  doc_stride: int = bounded(128, 1, why="passage tokens two consecutive windows share")
+  max_question_len: int = bounded(64, 1, why="question tokens kept")
+  max_answer_len: int = bounded(30, 1, why="answer tokens at most")
+  n_best: int = bounded(20, 1, why="start and end candidates per window")
+  dropout_rate: float = bounded(0.1, 0.0, 1.0, open_high=True, why="before the head")
+
+  def __post_init__(self):
+    super().__post_init__()
+    room = self.max_len - self.max_question_len - 3  # [CLS] q [SEP] passage [SEP]
+    if room <= self.doc_stride:
+      raise ConfigError(
+        f"task.doc_stride={self.doc_stride} must be smaller than the passage room of a window "
+        f"(max_len {self.max_len} - max_question_len {self.max_question_len} - 3 = {room}); "
+        "lower doc_stride or max_question_len, or raise max_len"
+      )
 
 
 class QA(Task):
   name = "qa"
   Config = QAConfig
   metric = "eval_f1"
+  head_kind = "span"
   pad_values = {"inputs": 0, "segment_ids": 0, "type_ids": 0, "offsets": -1}
+
+  @classmethod
+  def metric_names(cls, config) -> tuple[str, ...]:
+    return ("loss", "exact_match", "f1")
 
   def check(self) -> None:
     if self.family.kind == "encdec":
@@ -47,12 +62,6 @@ class QA(Task):
     if not hasattr(self.tokenizer, "encode_with_offsets"):
       raise ConfigError(
         f"extractive QA needs character offsets, which {type(self.tokenizer).__name__} lacks"
-      )
-    c = self.config
-    if c.max_len - c.max_question_len - 3 <= c.doc_stride:
-      raise ConfigError(
-        f"task.doc_stride={c.doc_stride} must be smaller than the passage room of a window "
-        f"(max_len {c.max_len} - max_question_len {c.max_question_len} - 3)"
       )
 
   def key(self, record):

@@ -18,20 +18,31 @@ import numpy as np
 from flaxlm.data.formats import WHERE, field, has_field
 from flaxlm.errors import ConfigError, DataError
 from flaxlm.tasks import metrics
-from flaxlm.tasks.base import Task, pack_examples
+from flaxlm.tasks.base import Task, TaskConfig, bounded, pack_examples
 
 
 @dataclasses.dataclass(frozen=True)
-class Seq2SeqConfig:
-  max_len: int = 512  # source tokens, EOS included
-  target_len: int = 128  # target tokens, EOS included
+class Seq2SeqConfig(TaskConfig):
+  max_len: int = bounded(512, 2, why="source tokens, EOS included")
+  target_len: int = bounded(128, 2, why="target tokens, EOS included")
   prefix: str = ""  # prepended to every source, e.g. 'summarize: ' (T5)
-  beam_size: int = 4  # beams in evaluation and predict (0: greedy)
-  alpha: float = 0.6  # beam length penalty ((5 + len) / 6) ** alpha
-  no_repeat_ngram: int = 0  # decoders, greedy: no n-gram of this size twice in an output
-  max_new_tokens: int = 0  # generated tokens at most; 0 = target_len
+  beam_size: int = bounded(4, 0, why="beams in evaluation and predict; 0: greedy")
+  alpha: float = bounded(0.6, 0.0, why="beam length penalty ((5 + len) / 6) ** alpha")
+  # decoders, greedy: no n-gram of this size twice in an output (0: off)
+  no_repeat_ngram: int = bounded(0, 0, why="n-gram size; 0: off")
+  max_new_tokens: int = bounded(0, 0, why="generated tokens at most; 0 = target_len")
   generate_in_eval: bool = True  # evaluations decode and score text (else loss only)
-  pack: int = 1  # pairs per training row (as train.py packs them); rows of max_len + target_len
+  # pairs per training row (as train.py packs them); rows of max_len + target_len
+  pack: int = bounded(1, 1, why="pairs per training row")
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_greedy_only(self)
+
+
+def check_greedy_only(config) -> None:
+  if config.beam_size and config.no_repeat_ngram:
+    raise ConfigError("task.no_repeat_ngram applies to greedy decoding: set task.beam_size=0")
 
 
 class Seq2Seq(Task):
@@ -46,6 +57,10 @@ class Seq2Seq(Task):
   @classmethod
   def metric_mode_for(cls, config) -> str:
     return "max" if config.generate_in_eval else "min"
+
+  @classmethod
+  def metric_names(cls, config) -> tuple[str, ...]:
+    return ("loss", "rouge1", "rouge2", "rougeL", "bleu") if config.generate_in_eval else ("loss",)
 
   def __init__(self, *args):
     super().__init__(*args)
@@ -67,8 +82,6 @@ class Seq2Seq(Task):
     ids = self.tokenizer.special_ids
     if self.encdec and self.config.no_repeat_ngram:
       raise ConfigError("task.no_repeat_ngram applies to decoders; encoder-decoders use beams")
-    if self.config.beam_size and self.config.no_repeat_ngram:
-      raise ConfigError("task.no_repeat_ngram applies to greedy decoding: set task.beam_size=0")
     if "eos" not in ids:
       raise ConfigError(
         f"task {self.name!r} needs an EOS token; the tokenizer reserves {sorted(ids)}"

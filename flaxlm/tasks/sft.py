@@ -18,26 +18,31 @@ import numpy as np
 
 from flaxlm.data.formats import WHERE, field, has_field
 from flaxlm.errors import ConfigError, DataError
-from flaxlm.tasks.seq2seq import Seq2Seq
+from flaxlm.tasks.base import TaskConfig, bounded
+from flaxlm.tasks.seq2seq import Seq2Seq, check_greedy_only
 
 
 @dataclasses.dataclass(frozen=True)
-class SFTConfig:
+class SFTConfig(TaskConfig):
   template: str = "### Instruction:\n{prompt}\n\n### Response:\n"
   turn_template: str = "<|{role}|>\n{content}\n"  # chat turns; the assistant's are learned
   assistant_role: str = "assistant"
-  max_len: int = 512  # tokens per packed row (and per example)
-  pack: int = 4  # examples per training row
-  target_len: int = 128  # response tokens kept
-  max_new_tokens: int = 0  # generated at most; 0 = target_len
-  beam_size: int = 0  # beams in evaluation and predict (0: greedy)
-  alpha: float = 0.6  # beam length penalty ((5 + len) / 6) ** alpha
-  no_repeat_ngram: int = 0  # greedy: no n-gram of this size twice in a response
+  max_len: int = bounded(512, 2, why="tokens per packed row (and per example)")
+  pack: int = bounded(4, 1, why="examples per training row")
+  target_len: int = bounded(128, 1, why="response tokens kept")
+  max_new_tokens: int = bounded(0, 0, why="generated tokens at most; 0 = target_len")
+  beam_size: int = bounded(0, 0, why="beams in evaluation and predict; 0: greedy")
+  alpha: float = bounded(0.6, 0.0, why="beam length penalty ((5 + len) / 6) ** alpha")
+  no_repeat_ngram: int = bounded(0, 0, why="greedy: n-gram size never repeated; 0: off")
   generate_in_eval: bool = True
 
   def __post_init__(self):
+    super().__post_init__()
     if "{prompt}" not in self.template:
       raise ConfigError(f"task.template={self.template!r} must contain {{prompt}}")
+    if "{content}" not in self.turn_template:
+      raise ConfigError(f"task.turn_template={self.turn_template!r} must contain {{content}}")
+    check_greedy_only(self)
 
 
 class SFT(Seq2Seq):
@@ -50,6 +55,9 @@ class SFT(Seq2Seq):
         "task 'sft' tunes decoders (model_family gpt); encoder-decoders use 'seq2seq'"
       )
     super().check()
+    if not self.columns.messages:  # the template, one response token and EOS fit a row
+      framing = len(self.tokenizer.encode(self.config.template.format(prompt="")))
+      self.check_room("max_len", framing + 1, "template tokens and EOS")
 
   # --- records: a prompt and its response, from pairs or chat turns ------------------------
   def _turns(self, record) -> list[dict]:

@@ -19,23 +19,26 @@ from flaxlm.data.formats import WHERE, field, has_field
 from flaxlm.errors import ConfigError, DataError
 from flaxlm.models.heads import TaskModel
 from flaxlm.tasks import metrics
-from flaxlm.tasks.base import Task
+from flaxlm.tasks.base import Task, TaskConfig, bounded
 
 OUTSIDE = "O"
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenClassificationConfig:
-  max_len: int = 128  # sub-word tokens per sentence, specials included
+class TokenClassificationConfig(TaskConfig):
+  max_len: int = bounded(128, 1, why="sub-word tokens per sentence, specials included")
   labels: tuple = ()  # the tag order; () = the training data's tags, sorted
-  dropout_rate: float = 0.1
-  max_chars: int = 16  # BiLSTM with a char CNN: characters read per word
+  dropout_rate: float = bounded(0.1, 0.0, 1.0, open_high=True, why="before the head")
+  # BiLSTM with a char CNN: characters read per word
+  max_chars: int = bounded(16, 1, why="characters the char CNN reads per word")
 
 
 class TokenClassification(Task):
   name = "token_classification"
   Config = TokenClassificationConfig
   metric = "eval_entity_f1"
+  head_kind = "token"
+  reports_tokens = True
 
   def __init__(self, *args):
     super().__init__(*args)
@@ -48,8 +51,14 @@ class TokenClassification(Task):
   def fit_labels(cls, config, columns, records) -> list[str]:
     if config.labels:
       return [str(x) for x in config.labels]
-    tags = {t for r in records for t in field(r, columns.tags, "tags")}
+    tags = set()
+    for r in records:
+      tags.update(_scheme_checked(field(r, columns.tags, "tags"), r))
     return sorted(tags | {OUTSIDE})
+
+  @classmethod
+  def metric_names(cls, config) -> tuple[str, ...]:
+    return ("loss", "entity_precision", "entity_recall", "entity_f1", "accuracy")
 
   def check(self) -> None:
     if self.family.kind == "encdec":
@@ -57,6 +66,8 @@ class TokenClassification(Task):
         "token_classification needs an encoder or decoder backbone (bert, gpt, lstm); an "
         "encoder-decoder would tag with its encoder alone: use a bert or lstm model"
       )
+    ids = self.tokenizer.special_ids
+    self.check_room("max_len", 2 if "cls" in ids and "sep" in ids else 0, "[CLS]/[SEP] tokens")
 
   def key(self, record):
     return tuple(self._words(record))
@@ -70,7 +81,7 @@ class TokenClassification(Task):
     tags = [str(t) for t in tags] if isinstance(tags, list) else str(tags).split()
     if len(tags) != len(self._words(record)):
       raise DataError(f"{record[WHERE]}: {len(self._words(record))} words but {len(tags)} tags")
-    return tags
+    return _scheme_checked(tags, record)
 
   def example(self, record: dict) -> dict:
     words = self._words(record)
@@ -124,7 +135,7 @@ class TokenClassification(Task):
 
   def model(self, backbone):
     return TaskModel(
-      backbone, self.family.features, "token", len(self.labels), self.config.dropout_rate
+      backbone, self.family.features, self.head_kind, len(self.labels), self.config.dropout_rate
     )
 
   def loss(self, model, params, batch, rng, deterministic, loss_config):
@@ -161,3 +172,17 @@ class TokenClassification(Task):
       words = self._words(r)
       out.append({"words": words, "prediction": self.word_tags(predictions, i, len(words))})
     return out
+
+
+def _scheme_checked(tags, record) -> list[str]:
+  """The tags, each O, B-<type> or I-<type> (BIO or IOB1: what seqeval's entity scores read);
+  anything else (a word read as its tag, POS tags) names its record's file:line."""
+  tags = [str(t) for t in tags] if isinstance(tags, list) else str(tags).split()
+  for i, tag in enumerate(tags):
+    if tag != OUTSIDE and not (tag[:2] in ("B-", "I-") and len(tag) > 2):
+      raise DataError(
+        f"{record.get(WHERE, '?')}: tag {tag!r} of token {i + 1} is not O, B-<type> or "
+        "I-<type> (the BIO and IOB1 schemes entity scores read); fix the file or "
+        "columns.tag_index"
+      )
+  return tags
