@@ -114,6 +114,27 @@ class Scripts:
       self.args(script, *args, tiny=tiny), cwd=REPO, env=self.env(devices), text=True, **kw
     )
 
+  def run_all(self, jobs: dict, logs: pathlib.Path, at_once: int = 2, timeout: int = 900) -> dict:
+    """name -> Finished for `jobs` (name -> (script, args, start keywords)), `at_once` at a
+    time: each process spends most of its time compiling on one thread, so two overlap on
+    2 cores. Output goes through files in `logs` (pipes could fill and block)."""
+    out, running, queue = {}, [], list(jobs)
+    while queue or running:
+      while queue and len(running) < at_once:
+        name = queue.pop(0)
+        script, args, kw = jobs[name]
+        files = [open(logs / f"{name}.{s}", "w+") for s in ("out", "err")]
+        proc = self.start(script, *args, stdout=files[0], stderr=files[1], **kw)
+        running.append((name, proc, files))
+      name, proc, files = running.pop(0)
+      proc.wait(timeout=timeout)
+      for f in files:
+        f.seek(0)
+      out[name] = Finished(proc.returncode, files[0].read(), files[1].read())
+      for f in files:
+        f.close()
+    return out
+
   def run(
     self, script: str | tuple, *args: str, devices: int = 1, tiny: bool = True, timeout: int = 300
   ):

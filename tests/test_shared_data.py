@@ -2,6 +2,8 @@
 (as shipped: its tokenizer, data readers and column mapping; a smaller model and fewer
 steps so the sweep fits CI). Configs that start from a pretraining run get a tiny one."""
 
+import importlib.util
+
 import pytest
 from test_configs import CONFIGS, load
 
@@ -24,41 +26,52 @@ def shrink(config) -> list[str]:
   return args
 
 
+@pytest.fixture(scope="module")
+def pretraining_runs(scripts, tmp_path_factory) -> dict:
+  """config stem -> the finished 2-step run of every pretraining config, two at a time."""
+  base = tmp_path_factory.mktemp("shared_pretraining")
+  jobs = {}
+  for path in PRETRAINING:
+    args = [f"--config=configs/{path.name}", f"--workdir={base / path.stem}", *SMALL,
+            *shrink(load(path)), "--config.eval_batches=1", "--config.sample_tokens=0"]  # fmt: skip
+    jobs[path.stem] = ("train.py", args, {"tiny": False, "devices": None})
+  return scripts.run_all(jobs, base)
+
+
 @pytest.mark.parametrize("path", PRETRAINING, ids=lambda p: p.stem)
-def test_pretraining_config_runs_on_its_shared_data(path, scripts, tmp_path):
-  c = load(path)
-  args = [f"--config=configs/{path.name}", f"--workdir={tmp_path}", *SMALL, *shrink(c),
-          "--config.eval_batches=1", "--config.sample_tokens=0"]  # fmt: skip
-  proc = scripts.run("train.py", *args, tiny=False, devices=None, timeout=900)
+def test_pretraining_config_runs_on_its_shared_data(path, pretraining_runs):
+  proc = pretraining_runs[path.stem]
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "final step 2" in proc.stdout
 
 
 @pytest.fixture(scope="module")
 def pretrained(scripts, tmp_path_factory) -> dict:
-  """init_from path -> a 2-step pretraining run of the config that creates it."""
-  out = {}
+  """init_from path -> a 2-step pretraining run of the config that creates it (two at a time)."""
+  base, jobs, workdirs = tmp_path_factory.mktemp("pretrained"), {}, {}
   for path in FINETUNING:
     c = load(path)
-    if not c.init_from or c.init_from in out or c.init_from.startswith("hf:"):
+    if not c.init_from or c.init_from in workdirs or c.init_from.startswith("hf:"):
       continue
-    workdir = tmp_path_factory.mktemp("pretrained")
-    command = c.init_from_command.split()
-    config = next(a for a in command if a.startswith("--config="))
-    proc = scripts.run("train.py", config, f"--workdir={workdir}", *SMALL, "--config.model.num_layers=1",
-                       "--config.eval_batches=1", "--config.sample_tokens=0", tiny=False, devices=None, timeout=900)  # fmt: skip
+    config = next(a for a in c.init_from_command.split() if a.startswith("--config="))
+    workdirs[c.init_from] = base / path.stem
+    args = [config, f"--workdir={base / path.stem}", *SMALL, "--config.model.num_layers=1",
+            "--config.eval_batches=1", "--config.sample_tokens=0"]  # fmt: skip
+    jobs[path.stem] = ("train.py", args, {"tiny": False, "devices": None})
+  for proc in scripts.run_all(jobs, base).values():
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out[c.init_from] = workdir
-  return out
+  return workdirs
 
 
-@pytest.mark.parametrize("path", FINETUNING, ids=lambda p: p.stem)
-def test_finetuning_config_runs_on_its_shared_data(path, scripts, pretrained, tmp_path):
+def finetuning_args(path, pretrained: dict, workdir) -> list[str] | None:
+  """finetune.py's arguments for a config (None: its Hugging Face package is not installed)."""
   c = load(path)
-  args = [f"--config=configs/{path.name}", f"--workdir={tmp_path}", *SMALL,
+  args = [f"--config=configs/{path.name}", f"--workdir={workdir}", *SMALL,
           "--config.num_epochs=0", "--config.max_train_examples=256", "--config.max_eval_examples=64"]  # fmt: skip
   if c.init_from.startswith("hf:"):  # the real checkpoint, when its package is installed
-    pytest.importorskip(c.init_from_command.split()[-1].replace("-", "_"))
+    package = c.init_from_command.split()[-1].replace("-", "_")
+    if importlib.util.find_spec(package) is None:
+      return None
   elif c.init_from:
     args.append(f"--config.init_from={pretrained[c.init_from]}")
   else:
@@ -67,6 +80,24 @@ def test_finetuning_config_runs_on_its_shared_data(path, scripts, pretrained, tm
     args += ["--config.task.max_new_tokens=8", "--config.task.generate_in_eval=false"]
   if c.get("kfold"):
     args.append("--config.kfold=0")
-  proc = scripts.run("finetune.py", *args, tiny=False, devices=None, timeout=900)
+  return args
+
+
+@pytest.fixture(scope="module")
+def finetuning_runs(scripts, pretrained, tmp_path_factory) -> dict:
+  """config stem -> the finished few-step run of every fine-tuning config, two at a time."""
+  base, jobs = tmp_path_factory.mktemp("shared_finetuning"), {}
+  for path in FINETUNING:
+    args = finetuning_args(path, pretrained, base / path.stem)
+    if args is not None:
+      jobs[path.stem] = ("finetune.py", args, {"tiny": False, "devices": None})
+  return scripts.run_all(jobs, base)
+
+
+@pytest.mark.parametrize("path", FINETUNING, ids=lambda p: p.stem)
+def test_finetuning_config_runs_on_its_shared_data(path, finetuning_runs):
+  if path.stem not in finetuning_runs:
+    pytest.skip(f"{path.stem} imports a Hugging Face checkpoint whose package is not installed")
+  proc = finetuning_runs[path.stem]
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert '"eval_num_examples": 64' in proc.stdout.strip().splitlines()[-1]
