@@ -16,7 +16,7 @@ import ml_collections
 
 from flaxlm import objectives, optim
 from flaxlm.data.spec import DataConfig
-from flaxlm.data.tokenizers import TokenizerConfig
+from flaxlm.data.tokenizer_config import TokenizerConfig
 from flaxlm.errors import CheckpointMismatchError, ConfigError
 from flaxlm.losses import LossConfig
 from flaxlm.models import registry

@@ -25,7 +25,7 @@ from flaxlm.config import (
   model_preset,
   training_keys,
 )
-from flaxlm.data.tokenizers import TokenizerConfig
+from flaxlm.data.tokenizer_config import TokenizerConfig
 from flaxlm.errors import ConfigError
 from flaxlm.models import registry
 from flaxlm.tasks import TASKS, Columns, config_from_block, task_class

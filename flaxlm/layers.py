@@ -25,11 +25,11 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from flaxlm import attention, projection
+from flaxlm import attention
 
 # Re-exported: the kernels and masks moved to flaxlm.attention.
 from flaxlm.attention import attention_mask, einsum_attention  # noqa: F401
-from flaxlm.projection import Projection
+from flaxlm.projection import Projection, dense
 
 Array = jax.Array
 
@@ -257,19 +257,19 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool) -> Array:
-    dense = lambda features, axes, std, name: projection.dense(
+    project = lambda features, axes, std, name: dense(
       features, axes, name, use_bias=self.use_bias, init_std=std, dtype=self.dtype
     )
     act = ACTIVATIONS[self.activation]
     wide = lambda name: checkpoint_name(
-      dense(self.mlp_dim, ("embed", "mlp"), self.init_std, name)(x), f"mlp{name}"
+      project(self.mlp_dim, ("embed", "mlp"), self.init_std, name)(x), f"mlp{name}"
     )
     h = act(wide("wi"))  # (B, T, F)
     if self.gated:
       h = h * wide("wi_up")
     h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-    out = dense(self.embed_dim, ("mlp", "embed"), self.out_init_std, "wo")(h)
+    out = project(self.embed_dim, ("mlp", "embed"), self.out_init_std, "wo")(h)
     return checkpoint_name(out, "mlpwo")
 
 

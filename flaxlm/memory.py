@@ -25,7 +25,7 @@ import numpy as np
 
 from flaxlm import attention, pretraining, sharding, validation
 from flaxlm.data.corpus import Pairs
-from flaxlm.data.tokenizers import TokenizerConfig, reserved_names
+from flaxlm.data.tokenizer_config import TokenizerConfig, reserved_names
 
 GiB = 2**30
 

@@ -2,7 +2,8 @@
 which its head. The one place that knows it; freezing, transfer (`init_from`), export and
 the adapters and masks of later methods ask here instead of guessing from the tree.
 
-A task declares its head (`Task.head`):
+A task declares its head (`Task.head_kind`, or `Task.head_for(family)` where it depends on
+the family):
 
   'sequence' | 'token'   {'backbone': <the backbone's own tree>, 'classifier': {...}}
   'span'                 {'backbone': ..., 'qa_outputs': {...}}   (Hugging Face's names)

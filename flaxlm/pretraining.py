@@ -22,7 +22,7 @@ from flaxlm.config import RunConfig, check_same_settings, from_saved, setting_va
 from flaxlm.data import corpus, pipeline, tokenizers
 from flaxlm.errors import CheckpointMismatchError, ConfigError
 from flaxlm.models import registry
-from flaxlm.pretrained import build, fitted_model_config  # noqa: F401  (pretraining's model)
+from flaxlm.pretrained import build
 from flaxlm.training import Trainable
 from flaxlm.workdir import Workdir, WorkdirLock
 

@@ -9,7 +9,7 @@ from flax import traverse_util
 
 from flaxlm import attention, objectives, sharding
 from flaxlm.data import spec
-from flaxlm.data.tokenizers import TokenizerConfig, reserved_names
+from flaxlm.data.tokenizer_config import TokenizerConfig, reserved_names
 from flaxlm.errors import ConfigError
 
 

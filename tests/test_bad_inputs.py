@@ -190,6 +190,19 @@ def digest(directory) -> dict:
   }
 
 
+def refused_on_a_copy(source, tmp_path, run, needle: str, error=errors.FlaxlmError):
+  """`run(workdir)` on a copy of the trained workdir `source` fails with one line naming
+  `needle` and leaves every file but metrics.jsonl as it was: (the copy, the error)."""
+  workdir = tmp_path / "workdir"
+  shutil.copytree(source, workdir)
+  before = digest(workdir)
+  with pytest.raises(error) as info:
+    run(workdir)
+  assert_one_line(info.value, needle)
+  assert digest(workdir) == before
+  return workdir, info.value
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """A workdir with a 2-step run (checkpoint at step 2) and its TFDS cache."""
@@ -211,16 +224,12 @@ RESUME_CASES = {
 @pytest.mark.parametrize("name", sorted(RESUME_CASES))
 def test_resume_refuses_changed_settings_and_keeps_the_run(name, trained, tmp_path):
   source, tfds = trained
-  workdir = tmp_path / "workdir"
-  shutil.copytree(source, workdir)
-  before = digest(workdir)
   overrides, needle = RESUME_CASES[name]
   overrides = overrides(tmp_path) if callable(overrides) else overrides
-  with pytest.raises(errors.CheckpointMismatchError) as info:
-    pretraining.train(run_config({**overrides, "data_dir": tfds, "num_train_steps": 3}), workdir)
-  assert_one_line(info.value, needle)
-  assert "fresh --workdir" in str(info.value)
-  assert digest(workdir) == before
+  run = run_config({**overrides, "data_dir": tfds, "num_train_steps": 3})
+  _, error = refused_on_a_copy(source, tmp_path, lambda w: pretraining.train(run, w), needle,
+                               errors.CheckpointMismatchError)  # fmt: skip
+  assert "fresh --workdir" in str(error)
 
 
 @pytest.mark.slow

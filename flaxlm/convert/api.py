@@ -179,9 +179,9 @@ def export_hf(
   `family`: flaxlm's ('gpt', 'bert', 'encdec') or an architecture ('gpt2', 'llama', 'bert',
   'roberta', 't5'). `task`: None (the language-model head), 'bare' (the backbone alone),
   or the head of a fine-tuned {'backbone', 'classifier' | 'qa_outputs'} tree: 'sequence',
-  'token', 'span' (a task's `head_for(family)`; `flaxlm.param_trees`). `labels` name the classifier's outputs. Trailing vocabulary rows that are
-  zero in every vocabulary table (what import padding adds) are dropped, down to the
-  tokenizer's size."""
+  'token', 'span' (a task's `head_for(family)`; `flaxlm.param_trees`). `labels` name the
+  classifier's outputs. Trailing vocabulary rows that are zero in every vocabulary table
+  (what import padding adds) are dropped, down to the tokenizer's size."""
   directory = pathlib.Path(directory)
   if task is not None and task not in TASKS:
     raise ConfigError(f"task={task!r}; choose None (the language-model head) or one of {TASKS}")

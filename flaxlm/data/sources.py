@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from flaxlm.data import spec as specs
-from flaxlm.data.catalog import check_features, tfds_builder  # noqa: F401  (were here)
+from flaxlm.data.catalog import check_features, tfds_builder
 from flaxlm.errors import ConfigError, DataError
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from flaxlm import param_trees
 from flaxlm.errors import ConfigError
+from flaxlm.models import heads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,8 +203,6 @@ class Task:
   def init_batch(self, batch_size: int) -> tuple:
     """Inputs that trace the task's model for `init` (a head on a backbone reads a batch
     dict; a text-writing backbone, token ids)."""
-    from flaxlm.models import heads
-
     if self.head_for(self.family):
       return (heads.dummy_batch(batch_size, 8, getattr(self, "chars", 0)),)
     return (np.zeros((batch_size, 8), np.int32),)
@@ -309,16 +308,13 @@ def encode_batch(
   each (B, T) int32."""
   if pairs is not None and len(pairs) != len(texts):
     raise ValueError(f"{len(texts)} texts but {len(pairs)} pairs")
+  from flaxlm.data import pipeline  # Grain loads with the first batch, not with the config
+
   rows = [encode_inputs(tokenizer, t, None if pairs is None else pairs[i], max_len)
           for i, t in enumerate(texts)]  # fmt: skip
-  width = max(len(r["inputs"]) for r in rows)
-  pad = getattr(tokenizer, "pad_id", None) or 0
-  out = {}
-  for key, fill in (("inputs", pad), ("segment_ids", 0), ("type_ids", 0)):
-    out[key] = np.full((len(rows), width), fill, np.int32)
-    for i, r in enumerate(rows):
-      out[key][i, : len(r[key])] = r[key]
-  return out
+  pads = {"inputs": getattr(tokenizer, "pad_id", None) or 0, "segment_ids": 0, "type_ids": 0}
+  longest = max(len(r["inputs"]) for r in rows)  # no bucketing: as transformers pads
+  return pipeline.pad_collate(pads, multiple=1, max_width=longest)(rows)
 
 
 def truncate_longest_first(a: list, b: list, budget: int) -> tuple[list, list]:

@@ -51,16 +51,24 @@ class ClassificationConfig(TaskConfig):
       )
     if self.problem == "multi_label" and not self.label_separator:
       raise ConfigError("task.label_separator='' cannot split a multi_label field; use e.g. ','")
-    if self.class_weights and self.class_weights != "balanced":
-      try:
-        weights = [float(x) for x in self.class_weights.split(",")]
-      except ValueError:
-        weights = []
-      if not weights or min(weights) <= 0:
-        raise ConfigError(
-          f"task.class_weights={self.class_weights!r}: use 'balanced' or one positive weight "
-          "per label, comma-separated (e.g. '1,3')"
-        )
+    explicit_weights(self.class_weights)  # its syntax, now; its length needs the labels
+
+
+def explicit_weights(spec: str) -> np.ndarray | None:
+  """task.class_weights as weights (None for '' and 'balanced'): one positive number per
+  label, comma-separated."""
+  if not spec or spec == "balanced":
+    return None
+  try:
+    weights = np.asarray([float(x) for x in spec.split(",")], np.float32)
+  except ValueError:
+    weights = np.zeros(0, np.float32)
+  if not weights.size or weights.min() <= 0:
+    raise ConfigError(
+      f"task.class_weights={spec!r}: use 'balanced' or one positive weight per label, "
+      "comma-separated (e.g. '1,3')"
+    )
+  return weights
 
 
 class Classification(Task):
@@ -132,10 +140,9 @@ class Classification(Task):
       )
 
   def class_weights(self) -> np.ndarray | None:
-    spec = self.config.class_weights
-    if not spec or spec == "balanced":
+    weights = explicit_weights(self.config.class_weights)
+    if weights is None:
       return None
-    weights = np.asarray([float(x) for x in spec.split(",")], np.float32)
     if len(weights) != len(self.labels):
       raise ConfigError(
         f"task.class_weights has {len(weights)} weights for {len(self.labels)} labels {self.labels}"
