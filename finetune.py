@@ -20,9 +20,12 @@ import sys
 import jax
 from absl import flags
 
-from flaxlm import cli, cross_validation, finetuned, finetuning
+from flaxlm import cli
 from flaxlm.config import dump_config_json
-from flaxlm.config_finetune import from_config_dict
+from flaxlm.config.finetuning import from_config_dict
+from flaxlm.finetuning import kfold as cross_validation
+from flaxlm.finetuning import load as finetuned
+from flaxlm.finetuning import run as finetuning
 
 _CONFIG = cli.define_config_flag("configs/finetune_sst2_lstm.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and reports go.")

@@ -26,11 +26,13 @@ import sys
 
 from absl import flags
 
-from flaxlm import cli, finetuned, seq2seq_decoding
+from flaxlm import cli
+from flaxlm.decode import seq2seq as seq2seq_decoding
+from flaxlm.decode.sampling import SamplingConfig, beam_texts, sample_texts
 from flaxlm.errors import ConfigError, DataError
+from flaxlm.finetuning import load as finetuned
 from flaxlm.models import registry
-from flaxlm.pretrained import load_trained, saved_family
-from flaxlm.sampling import SamplingConfig, beam_texts, sample_texts
+from flaxlm.pretraining.load import load_trained, saved_family
 
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "a train.py workdir holding checkpoints/, or hf:<Hugging Face folder>."

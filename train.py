@@ -4,7 +4,7 @@
 
 Rerunning the same command in the same workdir resumes from its newest checkpoint.
 --dry_run compiles the train step for the configured mesh without reading data and prints
-its per-device peak memory (flaxlm/memory.py); CPU meshes are emulated with
+its per-device peak memory (flaxlm/pretraining/memory.py); CPU meshes are emulated with
 XLA_FLAGS=--xla_force_host_platform_device_count=8.
 Multi-process (e.g. two processes on one machine):
   python train.py ... --coordinator_address=127.0.0.1:12355 --num_processes=2 --process_id=0
@@ -15,8 +15,10 @@ import sys
 import jax
 from absl import flags
 
-from flaxlm import cli, memory, pretraining
+from flaxlm import cli
 from flaxlm.config import dump_config_json, from_config_dict
+from flaxlm.pretraining import memory
+from flaxlm.pretraining import run as pretraining
 
 _CONFIG = cli.define_config_flag("configs/gpt_tiny.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the tokenizer go.")

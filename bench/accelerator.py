@@ -51,8 +51,12 @@ def run_case(name: str, impl: str, steps: int, warmup: int, smoke: bool) -> dict
 
   import jax
 
-  from flaxlm import attention, memory, objectives, optim, reporting, sharding, training
+  from flaxlm import objectives
   from flaxlm.models import gpt
+  from flaxlm.nn import attention, sharding
+  from flaxlm.pretraining import memory
+  from flaxlm.train import optim, reporting
+  from flaxlm.train import steps as training
 
   preset, overrides, rows, seq = SMOKE if smoke else CASES[name]
   config = dataclasses.replace(

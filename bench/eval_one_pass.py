@@ -1,4 +1,4 @@
-"""Evaluation's compiled call: predictions and loss sums in one call (what flaxlm.evaluation
+"""Evaluation's compiled call: predictions and loss sums in one call (what flaxlm.finetuning.evaluation
 does) against two calls (what it did before), over a fine-tuned QA workdir's dev questions.
 
   python bench/eval_one_pass.py /tmp/cmrc2018 ../shared/data/cmrc2018/cmrc2018_dev.json 300
@@ -13,8 +13,10 @@ import time
 
 import jax
 
-from flaxlm import evaluation, finetuned, sharding
 from flaxlm.data import formats
+from flaxlm.finetuning import evaluation
+from flaxlm.finetuning import load as finetuned
+from flaxlm.nn import sharding
 
 
 def main(workdir: str, squad_path: str, questions: int) -> None:

@@ -38,9 +38,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from flaxlm import pretrained  # noqa: E402
 from flaxlm.models import registry  # noqa: E402
 from flaxlm.objectives.text_to_text import seq2seq_ids  # noqa: E402
+from flaxlm.pretraining import load as pretrained  # noqa: E402
 
 MAX_TOKENS = 64  # per sentence (and at most the model's max_len)
 

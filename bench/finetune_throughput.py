@@ -8,7 +8,7 @@ clipped at 1.0, dropout 0.1; dev.tsv accuracy at the end.
 
 flaxlm runs its real fine-tuning path: configs/finetune_sst2_minilm.py with the job's
 overrides, `init_from='hf:<dir>'` (flaxlm.convert), the classification task's model and loss,
-`Trainable.train_step`, the Grain batches of `flaxlm.finetuning` and `flaxlm.evaluation`
+`Trainable.train_step`, the Grain batches of `flaxlm.finetuning.run` and `flaxlm.finetuning.evaluation`
 for the dev accuracy. Only the loop's logging and checkpoints are left out. The peer is
 `bench/hf_finetune.py` (`BertForSequenceClassification`, eager, SDPA attention; attention
 dropout 0.1, which flaxlm does not have).
@@ -17,7 +17,7 @@ Fairness: both sides train on the same examples in the same order (flaxlm's shuf
 peer's token ids come from transformers' own tokenizer and are checked equal to flaxlm's;
 each step's labels are checked equal). By default flaxlm trains padding-free
 (`task.padding_free=True`: a step's 32 examples share 64-wide rows, each attending only to
-itself; the same loss and gradients as padded rows, `tests/test_padding_free.py`) and the
+itself; the same loss and gradients as padded rows, `tests/tasks/test_padding_free.py`) and the
 peer pads each batch to its longest example, as transformers' DataCollatorWithPadding does.
 `flaxlm_tokens_per_step` and `hf_tokens_per_step` say how many token positions each side
 computes: the padding-free speed-up is fewer positions, not faster ones. With
@@ -56,11 +56,16 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from flaxlm import cli, evaluation, finetuning, sharding, transfer, validation  # noqa: E402
-from flaxlm.config_finetune import from_config_dict  # noqa: E402
+from flaxlm import cli  # noqa: E402
+from flaxlm.config.finetuning import from_config_dict  # noqa: E402
 from flaxlm.data import pipeline  # noqa: E402
+from flaxlm.finetuning import evaluation  # noqa: E402
+from flaxlm.finetuning import run as finetuning  # noqa: E402
 from flaxlm.models import registry  # noqa: E402
+from flaxlm.nn import sharding  # noqa: E402
+from flaxlm.pretraining import transfer  # noqa: E402
 from flaxlm.tasks import task_class  # noqa: E402
+from flaxlm.train import validation  # noqa: E402
 
 MAX_LEN, BATCH, LR, WARMUP = 64, 32, 5e-5, 40
 

@@ -27,9 +27,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flaxlm import checkpoint, pretraining  # noqa: E402
 from flaxlm.config import from_saved  # noqa: E402
 from flaxlm.data import corpus, pipeline, tokenizers  # noqa: E402
+from flaxlm.pretraining import run as pretraining  # noqa: E402
+from flaxlm.train import checkpoint  # noqa: E402
 
 
 def flaxlm_eval_windows(workdir: str) -> tuple[list[str], list[str], float]:

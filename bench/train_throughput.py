@@ -42,8 +42,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch_gpt  # noqa: E402
 
-from flaxlm import attention, cli, objectives, optim, sharding, training  # noqa: E402
+from flaxlm import cli, objectives  # noqa: E402
 from flaxlm.models import gpt  # noqa: E402
+from flaxlm.nn import attention, sharding  # noqa: E402
+from flaxlm.train import optim  # noqa: E402
+from flaxlm.train import steps as training  # noqa: E402
 
 # name: (model dims, batch, seq, default steps per block, default rounds, cpu_devices)
 # flaxlm runs each shape as its config does: the tiny shape as configs/shakespeare_char.py

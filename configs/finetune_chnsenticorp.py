@@ -12,7 +12,7 @@ Hardware: 2 CPU cores. Measured 2026-12-02: held-out accuracy 87.3% (best checkp
 (README, Fine-tuning results).
 """
 
-from flaxlm.config_finetune import finetune_config, task_block, with_model_preset
+from flaxlm.config.finetuning import finetune_config, task_block, with_model_preset
 
 
 def get_config():

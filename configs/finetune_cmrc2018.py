@@ -15,7 +15,7 @@ F1 9.07 on the dev set: the path works on Chinese end to end, but a 31-minute ba
 classical verse and 1,002 training questions answer poorly (README, Fine-tuning results).
 """
 
-from flaxlm.config_finetune import finetune_config, task_block
+from flaxlm.config.finetuning import finetune_config, task_block
 
 SHARED = "../shared/data/cmrc2018/"
 

@@ -12,7 +12,7 @@ uncased vocabulary and small pretraining show; the BiLSTM of finetune_conll2003_
 reaches 87.8 in 509 s: README).
 """
 
-from flaxlm.config_finetune import finetune_config, task_block
+from flaxlm.config.finetuning import finetune_config, task_block
 
 SHARED = "../shared/data/conll2003/"
 

@@ -12,7 +12,7 @@ Hardware: 2 CPU cores. Measured 2026-12-01: entity F1 87.8 after 509 s of fine-t
 at 217 s; README, Fine-tuning results).
 """
 
-from flaxlm.config_finetune import finetune_config, task_block, with_model_preset
+from flaxlm.config.finetuning import finetune_config, task_block, with_model_preset
 
 SHARED = "../shared/data/conll2003/"
 

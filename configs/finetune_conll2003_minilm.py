@@ -17,7 +17,7 @@ Hardware: 2 CPU cores. Time and result: see README (Fine-tuning results); expect
 >= 85 on valid.bio.txt.
 """
 
-from flaxlm.config_finetune import finetune_config, task_block
+from flaxlm.config.finetuning import finetune_config, task_block
 from flaxlm.convert.files import packaged_model
 
 SHARED = "../shared/data/conll2003/"

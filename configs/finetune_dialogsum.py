@@ -13,7 +13,7 @@ dev after 2,400 steps (lead-3: 28.36 / 7.80 / 21.47), 9,816 s of loop (~2.7 h, r
 times); README (Fine-tuning results) has the steps between.
 """
 
-from flaxlm.config_finetune import finetune_config, task_block, with_model_preset
+from flaxlm.config.finetuning import finetune_config, task_block, with_model_preset
 
 SHARED = "../shared/data/dialogsum/"
 

@@ -13,7 +13,7 @@ dev ROUGE-1 31.11, ROUGE-2 8.04, ROUGE-L 25.60, BLEU 16.32 (lead-3: 28.36 / 7.80
 29.51 / 6.14 / 24.37 at step 750. Details in README (Fine-tuning results).
 """
 
-from flaxlm.config_finetune import finetune_config, task_block
+from flaxlm.config.finetuning import finetune_config, task_block
 
 SHARED = "../shared/data/dialogsum/"
 

@@ -16,7 +16,7 @@ sentences, against train.py's 31.6; 45.6 minutes of training loop, 49.1 for the 
 (README, beside train.py's result).
 """
 
-from flaxlm.config_finetune import finetune_config, task_block, with_model_preset
+from flaxlm.config.finetuning import finetune_config, task_block, with_model_preset
 
 SHARED = "../shared/data/multi30k/"
 

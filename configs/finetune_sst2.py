@@ -12,7 +12,7 @@ Hardware: 2 CPU cores. Measured 2026-12-02: dev accuracy 81.5% at the end, after
 fine-tuning (79.9% at step 2,000); the BiLSTM of finetune_sst2_lstm.py reaches 85.0% (README).
 """
 
-from flaxlm.config_finetune import finetune_config, task_block
+from flaxlm.config.finetuning import finetune_config, task_block
 
 SHARED = "../shared/data/sst2/"
 

@@ -10,7 +10,7 @@ Hardware: 2 CPU cores. Measured 2026-12-01: dev accuracy 85.0% (best checkpoint,
 after 251 s), 401 s for the 2 epochs (README, Fine-tuning results).
 """
 
-from flaxlm.config_finetune import finetune_config, task_block, with_model_preset
+from flaxlm.config.finetuning import finetune_config, task_block, with_model_preset
 
 SHARED = "../shared/data/sst2/"
 

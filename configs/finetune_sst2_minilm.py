@@ -16,7 +16,7 @@ best checkpoint.
 Hardware: 2 CPU cores. Time and result: see README (Fine-tuning results).
 """
 
-from flaxlm.config_finetune import finetune_config, task_block
+from flaxlm.config.finetuning import finetune_config, task_block
 from flaxlm.convert.files import packaged_model
 
 SHARED = "../shared/data/sst2/"

@@ -16,14 +16,15 @@ generate.py use the same functions):
   batch = flaxlm.encode(model, ["a gripping, funny film"])  # framed, padded, with its mask
 
 Modules: models (GPT, Bert, EncoderDecoder, BiLSTM, TaskModel), tasks (TASKS), the training
-loop (`flaxlm.loop.run`), sampling and sequence-to-sequence decoding.
+loop (`flaxlm.train.loop.run`), sampling and sequence-to-sequence decoding.
 """
 
 from __future__ import annotations
 
 from flaxlm.config import default_config, model_preset
-from flaxlm.config_finetune import finetune_config, task_block
-from flaxlm.config_finetune import with_model_preset as use_model_preset
+from flaxlm.config.finetuning import finetune_config, task_block
+from flaxlm.config.finetuning import with_model_preset as use_model_preset
+from flaxlm.decode.sampling import SamplingConfig, sample_text
 from flaxlm.models.bert import PRESETS as BERT_PRESETS
 from flaxlm.models.bert import Bert, BertConfig
 from flaxlm.models.encdec import PRESETS as ENCDEC_PRESETS
@@ -33,7 +34,6 @@ from flaxlm.models.gpt import PRESETS as GPT_PRESETS
 from flaxlm.models.heads import TaskModel
 from flaxlm.models.lstm import BiLSTM, LSTMConfig
 from flaxlm.models.registry import FAMILIES
-from flaxlm.sampling import SamplingConfig, sample_text
 from flaxlm.tasks import TASKS, Columns, Task
 
 __all__ = [
@@ -75,9 +75,9 @@ __all__ = [
 # The engine loads on first use, so that reading a config (flaxlm.config) imports no loop,
 # step or checkpoint code.
 _ENGINE = {
-  "training_loop": ("flaxlm.loop", "run"),
-  "Trainable": ("flaxlm.training", "Trainable"),
-  "TrainState": ("flaxlm.training", "TrainState"),
+  "training_loop": ("flaxlm.train.loop", "run"),
+  "Trainable": ("flaxlm.train.steps", "Trainable"),
+  "TrainState": ("flaxlm.train.steps", "TrainState"),
 }
 
 
@@ -93,7 +93,7 @@ def __getattr__(name: str):
 def pretrain(config, workdir: str) -> dict:
   """Pretrains (train.py's job) from a config made with `default_config()`; resumes."""
   from flaxlm import config as run_config
-  from flaxlm import pretraining
+  from flaxlm.pretraining import run as pretraining
 
   run = config if isinstance(config, run_config.RunConfig) else run_config.from_config_dict(config)
   json = run_config.dump_config_json(config) if hasattr(config, "to_json_best_effort") else None
@@ -104,8 +104,8 @@ def finetune(config, workdir: str) -> dict:
   """Fine-tunes (finetune.py's job) from a config made with `finetune_config()`; resumes.
   Returns the best checkpoint's dev metrics, with the trained `model`."""
   from flaxlm import config as run_config
-  from flaxlm import config_finetune as ft_config
-  from flaxlm import finetuning
+  from flaxlm.config import finetuning as ft_config
+  from flaxlm.finetuning import run as finetuning
 
   ft = (
     config if isinstance(config, ft_config.FinetuneConfig) else ft_config.from_config_dict(config)
@@ -119,7 +119,8 @@ def load(workdir: str, mesh=None, task: str = "", num_labels: int = 0, labels=No
   params, tokenizer), or a pretraining run's (trainable, params, tokenizer). 'hf:<dir>': a
   Hugging Face model folder, imported (`flaxlm.convert.Imported`), or with `task` (and
   `num_labels` or `labels` for a new head) a `Model` ready for `predict` and `evaluate`."""
-  from flaxlm import finetuned, pretrained
+  from flaxlm.finetuning import load as finetuned
+  from flaxlm.pretraining import load as pretrained
 
   if str(workdir).startswith("hf:"):
     return finetuned.load_hf(str(workdir)[3:], task, num_labels, labels, mesh)
@@ -131,14 +132,14 @@ def load(workdir: str, mesh=None, task: str = "", num_labels: int = 0, labels=No
 
 def predict(model, records: list[dict], batch_size: int = 32) -> list[dict]:
   """The task's output for each record (dicts with the model's columns), in order."""
-  from flaxlm import finetuned
+  from flaxlm.finetuning import load as finetuned
 
   return finetuned.predict_records(model, records, batch_size)
 
 
 def evaluate(model, records: list[dict], batch_size: int = 32) -> dict:
   """The task's metrics of a loaded model on labelled records."""
-  from flaxlm import finetuned
+  from flaxlm.finetuning import load as finetuned
 
   return finetuned.evaluate_records(model, records, batch_size)
 

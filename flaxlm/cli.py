@@ -96,7 +96,7 @@ def read_config(holder, convert, program: str):
 def typed_config(config, convert):
   """The typed run config of a ConfigDict, its step and batch keys checked: what the entry
   points (and the bad-input catalogue, in the same order) do before anything is sized by them."""
-  from flaxlm import validation
+  from flaxlm.train import validation
 
   run = convert(config)
   validation.check_loop_keys(run)

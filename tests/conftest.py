@@ -203,8 +203,8 @@ def sgd_steps_on_mesh(
   import numpy as np
   import optax
 
-  from flaxlm import sharding
-  from flaxlm.training import StepConfig, Trainable, token_init
+  from flaxlm.nn import sharding
+  from flaxlm.train.steps import StepConfig, Trainable, token_init
 
   mesh = sharding.make_mesh(
     dict(zip(sharding.MESH_AXES, axes, strict=True)), jax.devices()[: int(np.prod(axes))]

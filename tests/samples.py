@@ -1,11 +1,18 @@
 """Shared test material: text that ships with CPython, a small SentencePiece model trained on
-it (cached for the session), and config overrides by dotted key."""
+it (cached for the session), config overrides by dotted key, and what tests in several folders
+use: data files, labelled rows, a tiny BiLSTM fine-tuning config and logged metrics."""
 
 import functools
+import json
+import re
+import socket
 
+import numpy as np
+
+from flaxlm.config import finetuning as config_finetune
 from flaxlm.data import sources, tokenizers
-from flaxlm.data.sentencepiece_tokenizer import SentencePieceTokenizer
 from flaxlm.data.tokenizers import TokenizerConfig
+from flaxlm.data.tokenizers.sentencepiece import SentencePieceTokenizer
 
 
 @functools.cache
@@ -29,3 +36,117 @@ def set_keys(c, overrides: dict):
     else:
       c[key] = value
   return c
+
+
+# --- files, labelled rows and logged metrics shared by the test folders ----------------
+
+
+def files(tmp, name, content: bytes | str) -> str:
+  path = tmp / name
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(content if isinstance(content, bytes) else content.encode())
+  return str(path)
+
+
+WORDS = "good bad film plot actor great awful dull fine story scene the a was is".split()
+
+
+def sentiment_rows(n: int, seed: int) -> list[tuple[int, str]]:
+  """Label 1 when 'good' or 'great' occurs, 0 when 'bad' or 'awful' does."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for i in range(n):
+    label = i % 2
+    cue = rng.choice(["good", "great"] if label else ["bad", "awful"])
+    words = list(rng.choice(WORDS[4:], rng.integers(3, 8))) + [cue]
+    rng.shuffle(words)
+    rows.append((label, " ".join(words)))
+  return rows
+
+
+def tsv(tmp, name, rows) -> str:
+  return "tsv:" + files(tmp, name, "label\ttext\n" + "".join(f"{a}\t{b}\n" for a, b in rows))
+
+
+def lstm_config(tmp, **overrides):
+  c = config_finetune.finetune_config()
+  config_finetune.with_model_preset(c, "lstm", "bilstm")
+  c.model.update(embed_dim=16, hidden_dim=16, dropout_rate=0.0)
+  c.tokenizer.kind = "word"
+  c.task.dropout_rate = 0.0
+  c.train_data = tsv(tmp, "train.tsv", sentiment_rows(256, 0))
+  c.eval_data = tsv(tmp, "dev.tsv", sentiment_rows(64, 1))
+  c.batch_size = 16
+  c.eval_batch_size = 16
+  c.num_train_steps = 80
+  c.learning_rate = 1e-2
+  c.warmup_steps = 0
+  c.schedule = "constant"
+  c.eval_every = 40
+  c.checkpoint_every = 40
+  c.log_every = 10
+  return set_keys(c, overrides)
+
+
+class Tok:
+  """A tokenizer stand-in: one id per character, BERT's reserved ids."""
+
+  special_ids = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
+  eos_id = None
+
+  def encode(self, text):
+    return [10 + ord(c) - ord("a") for c in text.replace(" ", "")]
+
+
+PAIR_WORDS = "red blue green dog cat bird runs sleeps eats big small old".split()
+
+
+def pairs(n: int, seed: int) -> list[dict]:
+  """source: some words; target: the same words reversed (learnable by a tiny model)."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    words = list(rng.choice(PAIR_WORDS, rng.integers(2, 5)))
+    out.append({"source": " ".join(words), "target": " ".join(words[::-1])})
+  return out
+
+
+COMPARED = ("loss", "grad_norm", "learning_rate", "accuracy", "eval_loss", "eval_accuracy")
+
+
+def rows(workdir) -> list[dict]:
+  with open(workdir / "metrics.jsonl") as f:
+    return [json.loads(line) for line in f]
+
+
+def by_step(workdir) -> dict[int, dict]:
+  """The last row logged for each step (a resumed run logs the steps after its checkpoint again)."""
+  return {r["step"]: r for r in rows(workdir)}
+
+
+def max_difference(got: list[dict], want: dict[int, dict]) -> float:
+  """Largest |got - want| over the compared metrics of every row in `got`; fails on missing keys."""
+  worst = 0.0
+  for row in got:
+    ref = want[row["step"]]
+    assert {k for k in COMPARED if k in row} == {k for k in COMPARED if k in ref}, row["step"]
+    for key in COMPARED:
+      if key in row:
+        worst = max(worst, abs(row[key] - ref[key]))
+  return worst
+
+
+# SIGKILL-resume runs of train.py: frequent checkpoints, and the step a run resumed from.
+RESUME = ("--config.num_train_steps=100", "--config.checkpoint_every=5", "--config.eval_every=10")
+
+
+def resumed_from(stderr: str) -> int:
+  match = re.search(r"resumed from step (\d+)", stderr)
+  assert match, stderr
+  return int(match.group(1))
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]

@@ -11,11 +11,14 @@ import os
 import shutil
 
 import pytest
+from samples import files
 
-from flaxlm import cli, errors, pretrained, pretraining
-from flaxlm.checkpoint import Checkpointer
+from flaxlm import cli, errors
 from flaxlm.config import default_config, from_config_dict
 from flaxlm.errors import FlaxlmError
+from flaxlm.pretraining import load as pretrained
+from flaxlm.pretraining import run as pretraining
+from flaxlm.train.checkpoint import Checkpointer
 from flaxlm.workdir import Workdir
 
 # A tiny byte-level GPT on the embedded CPython docs.
@@ -35,13 +38,6 @@ def config():
 
 
 NL = "\n"
-
-
-def files(tmp, name, content: bytes | str) -> str:
-  path = tmp / name
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_bytes(content if isinstance(content, bytes) else content.encode())
-  return str(path)
 
 
 # name -> (config overrides, or a function of tmp_path returning them; text the message names)
@@ -315,7 +311,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(trained, tmp_path
 
 
 def test_prompt_longer_than_max_len(trained):
-  from flaxlm.sampling import SamplingConfig, sample_text
+  from flaxlm.decode.sampling import SamplingConfig, sample_text
 
   trainable, params, tokenizer = pretrained.load_trained(trained[0])
   with pytest.raises(errors.DataError) as info:

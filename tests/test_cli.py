@@ -8,7 +8,7 @@ import re
 import pytest
 
 from flaxlm import cli
-from flaxlm.checkpoint import Checkpointer
+from flaxlm.train.checkpoint import Checkpointer
 
 # ~2 minutes of subprocesses (each imports JAX): CI runs them; the default suite stays < 15 min.
 pytestmark = pytest.mark.slow

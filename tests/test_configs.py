@@ -9,10 +9,12 @@ import types
 import jax
 import pytest
 
-from flaxlm import config_finetune, finetuning, sharding
+from flaxlm.config import finetuning as config_finetune
 from flaxlm.config import from_config_dict
+from flaxlm.finetuning import run as finetuning
 from flaxlm.models import registry
-from flaxlm.pretraining import build, run_objective
+from flaxlm.nn import sharding
+from flaxlm.pretraining.run import build, run_objective
 from flaxlm.tasks import task_class
 
 CONFIGS = sorted((pathlib.Path(__file__).parent.parent / "configs").glob("*.py"))
@@ -112,3 +114,44 @@ def test_data_keys_reach_the_run(path):
   run = from_config_dict(config)
   for field in dataclasses.fields(run.data):
     assert getattr(run.data, field.name) == config[field.name], field.name
+
+
+def test_every_key_is_defined_once_and_reaches_the_engine_by_name():
+  """A job's plain keys are exactly the fields of its keys class (the one place a key's type,
+  default and meaning are written; the config is made from it and read back by name), and
+  every engine setting a key feeds takes it by name, so a renamed key or setting fails here
+  instead of silently keeping its default."""
+  from flaxlm import config
+  from flaxlm.data.spec import DataConfig
+  from flaxlm.nn.losses import LossConfig
+
+  def plain(c):
+    return {k for k in c.keys() if k not in ("model", "tokenizer", "masking", "spans", "task",
+                                               "columns", "early_stopping")}  # fmt: skip
+
+  names = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731
+  assert plain(config.default_config()) == names(config.PretrainKeys)
+  assert plain(config_finetune.finetune_config()) == names(config_finetune.FinetuneKeys)
+  # Each setting's fields are keys, but for those the run derives.
+  derived = {config.OptimConfig: {"decay_steps"}, config.LoopConfig: {"early_stopping"},
+             LossConfig: set(), DataConfig: set()}  # fmt: skip
+  for settings, exempt in derived.items():
+    assert names(settings) - exempt <= names(config.PretrainKeys), settings
+
+  c = config.default_config()
+  c.learning_rate, c.eps, c.z_loss, c.accum_steps, c.seq_len, c.log_every = (
+    3e-4,
+    1e-6,
+    1e-4,
+    2,
+    64,
+    7,
+  )
+  run = config.from_config_dict(c)
+  assert (run.optim.learning_rate, run.optim.eps, run.optim.decay_steps) == (3e-4, 1e-6, 1000)
+  assert (run.step.loss.z_loss, run.step.accum_steps, run.data.seq_len) == (1e-4, 2, 64)
+  assert run.loop.log_every == 7
+  f = config_finetune.finetune_config()
+  f.train_data, f.early_stopping.patience, f.b2 = "tsv:x.tsv", 3, 0.98
+  ft = config_finetune.from_config_dict(f)
+  assert (ft.loop.early_stopping.patience, ft.optim.b2, ft.optim.learning_rate) == (3, 0.98, 5e-5)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from test_configs import CONFIGS, load
 
-from flaxlm import seq2seq_decoding
-from flaxlm.pretrained import load_trained
+from flaxlm.decode import seq2seq as seq2seq_decoding
+from flaxlm.pretraining.load import load_trained
 
 pytestmark = pytest.mark.slow
 PRETRAINING = [p for p in CONFIGS if not p.stem.startswith("finetune_")]
@@ -148,7 +148,7 @@ def generate(scripts, workdir, *args):
 
 
 def test_generate_samples_repeat_by_seed_and_greedy_matches_the_library(runs, scripts):
-  from flaxlm.sampling import SamplingConfig, sample_text
+  from flaxlm.decode.sampling import SamplingConfig, sample_text
 
   workdir, proc = runs["gpt_tiny"]
   assert proc.returncode == 0
@@ -171,9 +171,9 @@ def test_generate_samples_repeat_by_seed_and_greedy_matches_the_library(runs, sc
 
 def test_generate_decoder_beams_match_greedy_and_the_library(runs, scripts):
   """A decoder workdir decodes with --beam_size: one beam without length penalty is greedy
-  decoding, three beams print what flaxlm.sampling.beam_texts returns, and beams with
+  decoding, three beams print what flaxlm.decode.sampling.beam_texts returns, and beams with
   several samples are refused in one line."""
-  from flaxlm.sampling import beam_texts
+  from flaxlm.decode.sampling import beam_texts
 
   workdir, proc = runs["gpt_tiny"]
   assert proc.returncode == 0

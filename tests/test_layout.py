@@ -7,20 +7,20 @@ import pathlib
 
 from conftest import REPO
 
-# Bottom to top. A module matches the longest prefix listed.
+# Bottom to top; each subpackage is one layer. A module matches the longest prefix listed.
 LAYERS = [
-  ("core", ["errors", "projection", "param_trees", "attention", "sharding", "losses", "workdir",
-            "optim"]),
-  ("data", ["data"]),
-  ("models", ["layers", "models"]),
-  ("objectives", ["objectives"]),
-  ("decode", ["beam_search", "sampling", "seq2seq_decoding"]),
-  ("tasks", ["tasks"]),
-  ("config", ["config", "config_finetune"]),
-  ("engine", ["training", "checkpoint", "reporting", "loop", "evaluation", "validation"]),
-  ("convert", ["convert"]),
-  ("jobs", ["pretrained", "transfer", "pretraining", "finetuning", "finetuned",
-            "cross_validation", "memory"]),
+  ("base", ["errors", "workdir"]),  # the error types; the run folder and its paths
+  ("nn", ["nn"]),  # projection, attention, layers, sharding rules, losses
+  ("data", ["data"]),  # sources, formats, tokenizers, the input pipeline
+  ("models", ["models"]),  # families, heads, the registry, parameter trees
+  ("objectives", ["objectives"]),  # pretraining objectives: batches and losses
+  ("decode", ["decode"]),  # sampling, beam search, encoder-decoder decoding
+  ("tasks", ["tasks"]),  # fine-tuning tasks: inputs, heads, metrics
+  ("config", ["config"]),  # run configs of both jobs, typed
+  ("train", ["train"]),  # the engine: state and steps, optimizer, checkpoints, loop
+  ("convert", ["convert"]),  # Hugging Face import and export
+  ("pretraining", ["pretraining"]),  # job one: run, load, transfer, memory
+  ("finetuning", ["finetuning"]),  # job two: run, load, evaluation, k-fold
   ("entry", ["", "cli", "data.prepare", "convert.__main__"]),
 ]  # fmt: skip
 
@@ -100,8 +100,8 @@ def test_reading_a_config_imports_no_engine():
   import subprocess
   import sys
 
-  code = ("import sys, flaxlm.config_finetune, flaxlm.config; "
-          "print(sorted(m for m in sys.modules if m in ('flaxlm.loop', 'flaxlm.training', "
-          "'flaxlm.checkpoint', 'grain', 'orbax.checkpoint')))")  # fmt: skip
+  code = ("import sys, flaxlm.config.finetuning, flaxlm.config; "
+          "print(sorted(m for m in sys.modules if m in ('flaxlm.train.loop', 'flaxlm.train.steps', "
+          "'flaxlm.train.checkpoint', 'grain', 'orbax.checkpoint')))")  # fmt: skip
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
   assert out.stdout.strip() == "[]", out.stderr

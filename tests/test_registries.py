@@ -27,7 +27,7 @@ def get_config():
 
 FINETUNE = """
 import toy_plugins
-from flaxlm.config_finetune import finetune_config, task_block
+from flaxlm.config.finetuning import finetune_config, task_block
 
 def get_config():
   c = finetune_config()

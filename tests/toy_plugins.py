@@ -15,11 +15,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from flaxlm import losses, tasks
+from flaxlm import tasks
 from flaxlm.data.formats import field
 from flaxlm.models import registry
 from flaxlm.models.heads import TaskModel
-from flaxlm.projection import dense
+from flaxlm.nn import losses
+from flaxlm.nn.projection import dense
 from flaxlm.tasks.base import Task, TaskConfig, bounded, encode_inputs
 
 

@@ -48,8 +48,9 @@ def _import(args) -> None:
 
 
 def _export(args) -> None:
-  from flaxlm import finetuned, pretrained
   from flaxlm.convert import export_hf
+  from flaxlm.finetuning import load as finetuned
+  from flaxlm.pretraining import load as pretrained
 
   if finetuned.workdir_kind(args.workdir) == "finetune":
     model = finetuned.load(args.workdir)

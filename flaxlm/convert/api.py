@@ -22,11 +22,10 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from flaxlm import param_trees
 from flaxlm.convert import bert, files, gpt2, llama, t5, tokenizer_export, tree
 from flaxlm.convert.tokenizer import HFTokenizer, from_directory
 from flaxlm.errors import CheckpointMismatchError, ConfigError
-from flaxlm.models import heads, registry
+from flaxlm.models import heads, param_trees, registry
 
 log = logging.getLogger("flaxlm")
 
@@ -179,7 +178,7 @@ def export_hf(
   `family`: flaxlm's ('gpt', 'bert', 'encdec') or an architecture ('gpt2', 'llama', 'bert',
   'roberta', 't5'). `task`: None (the language-model head), 'bare' (the backbone alone),
   or the head of a fine-tuned {'backbone', 'classifier' | 'qa_outputs'} tree: 'sequence',
-  'token', 'span' (a task's `head_for(family)`; `flaxlm.param_trees`). `labels` name the
+  'token', 'span' (a task's `head_for(family)`; `flaxlm.models.param_trees`). `labels` name the
   classifier's outputs. Trailing vocabulary rows that are zero in every vocabulary table
   (what import padding adds) are dropped, down to the tokenizer's size."""
   directory = pathlib.Path(directory)

@@ -20,7 +20,7 @@ import logging
 import pathlib
 
 from flaxlm.convert import files, spm
-from flaxlm.data.hf_tokenizer import HFTokenizer
+from flaxlm.data.tokenizers.hf import HFTokenizer
 from flaxlm.errors import DataNotFoundError
 
 log = logging.getLogger("flaxlm")

@@ -54,9 +54,9 @@ def to_tokenizers(tokenizer):
   """(tokenizers.Tokenizer, {name: token string}) for a flaxlm tokenizer."""
   from tokenizers import Tokenizer
 
-  from flaxlm.data.sentencepiece_tokenizer import SentencePieceTokenizer
   from flaxlm.data.tokenizers import ByteTokenizer
-  from flaxlm.data.wordpiece import WordPieceTokenizer
+  from flaxlm.data.tokenizers.sentencepiece import SentencePieceTokenizer
+  from flaxlm.data.tokenizers.wordpiece import WordPieceTokenizer
 
   if isinstance(tokenizer, HFTokenizer):
     return Tokenizer.from_str(tokenizer.serialized), dict(tokenizer.special_tokens)

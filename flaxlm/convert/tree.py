@@ -2,7 +2,7 @@
 the layout changes between PyTorch linears and flaxlm's einsum kernels, vocabulary padding,
 and the check that a converted tree is exactly the one flaxlm's own module creates.
 
-Shape letters as in `flaxlm.layers`: D embed_dim, N query heads, K kv heads, H head_dim,
+Shape letters as in `flaxlm.nn.layers`: D embed_dim, N query heads, K kv heads, H head_dim,
 F mlp_dim, V vocab. PyTorch `nn.Linear` stores (out, in); flaxlm kernels are (in, ...out).
 """
 
@@ -133,7 +133,7 @@ def used_vocab(tables: list[tuple[np.ndarray, int]], keep: int) -> int:
 def abstract_params(model) -> dict:
   """{path tuple: ShapeDtypeStruct} of `model.init`'s params, without allocating them."""
   from flaxlm.models import heads
-  from flaxlm.sharding import strip_axes
+  from flaxlm.nn.sharding import strip_axes
 
   if isinstance(model, heads.TaskModel):
     init = lambda rng: model.init(rng, heads.dummy_batch(1))

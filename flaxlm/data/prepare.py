@@ -15,9 +15,10 @@ import sys
 
 from absl import flags
 
-from flaxlm import cli, validation
+from flaxlm import cli
 from flaxlm.config import from_config_dict
 from flaxlm.errors import ConfigError
+from flaxlm.train import validation
 
 PROGRAM = "python -m flaxlm.data.prepare"
 _CONFIG = cli.define_config_flag("configs/gpt_tiny.py")

@@ -1,5 +1,5 @@
 """Model families. Each family module gives a config class, presets and a Linen module whose
-weight matrices are `flaxlm.projection.Projection`s.
+weight matrices are `flaxlm.nn.projection.Projection`s.
 
 `FAMILIES[name]` gives a `Family`; the trainer, tasks, sharding, checkpoints and export only
 ever see that record, so adding a family is a module and one `registry.register(Family(...))`

@@ -15,8 +15,8 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flaxlm import attention, layers, projection
 from flaxlm.models.transformer import Block, TransformerConfig, stack_blocks
+from flaxlm.nn import attention, layers, projection
 
 
 @dataclasses.dataclass(frozen=True)

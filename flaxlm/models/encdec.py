@@ -20,7 +20,6 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flaxlm import attention, layers
 from flaxlm.models.transformer import (
   Block,
   TransformerConfig,
@@ -28,6 +27,7 @@ from flaxlm.models.transformer import (
   stack_blocks,
   vocab_logits,
 )
+from flaxlm.nn import attention, layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +243,7 @@ class EncoderDecoder(nn.Module):
   """
 
   config: EncDecConfig
-  decode_mode: bool = False  # build the decoder with a KV cache (see flaxlm.seq2seq_decoding)
+  decode_mode: bool = False  # build the decoder with a KV cache (see flaxlm.decode.seq2seq)
 
   def setup(self):
     c = self.config

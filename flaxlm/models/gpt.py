@@ -12,7 +12,6 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flaxlm import attention, layers
 from flaxlm.models.transformer import (  # noqa: F401 - re-exported for callers of gpt.*
   DTYPES,
   REMAT_POLICIES,
@@ -21,6 +20,7 @@ from flaxlm.models.transformer import (  # noqa: F401 - re-exported for callers 
   stack_blocks,
   vocab_logits,
 )
+from flaxlm.nn import attention, layers
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,8 +14,8 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flaxlm.param_trees import HEAD_NAMES
-from flaxlm.projection import dense
+from flaxlm.models.param_trees import HEAD_NAMES
+from flaxlm.nn.projection import dense
 
 
 class TaskModel(nn.Module):

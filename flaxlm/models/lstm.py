@@ -15,9 +15,9 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flaxlm import layers
 from flaxlm.errors import ConfigError
 from flaxlm.models.transformer import DTYPES
+from flaxlm.nn import layers
 
 
 @dataclasses.dataclass(frozen=True)

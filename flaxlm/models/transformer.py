@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from flaxlm import attention, layers, projection
+from flaxlm.nn import attention, layers, projection
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -21,7 +21,7 @@ _POLICIES = jax.checkpoint_policies
 _QKV = ("query_proj", "key_proj", "value_proj")
 
 # Named rematerialization policies for `nn.remat`: what the backward pass may keep of a block
-# rather than recompute. Names are the block's `checkpoint_name` tags (flaxlm.layers); from
+# rather than recompute. Names are the block's `checkpoint_name` tags (flaxlm.nn.layers); from
 # most kept to least. MaxText's policies of the same names keep the same tensors.
 REMAT_POLICIES = {
   "none": None,  # no remat: keep every activation
@@ -67,7 +67,7 @@ class TransformerConfig:
   scan_layers: bool = False
   remat_policy: str = "none"
   # auto: splash on TPU, cudnn on GPU (bf16/f16), einsum on CPU | xla | cudnn | einsum | splash
-  # | splash_interpret (tests); see flaxlm.attention
+  # | splash_interpret (tests); see flaxlm.nn.attention
   attention_impl: str = "auto"
 
   POSITIONS = ("learned", "sinusoidal", "rope")

@@ -10,7 +10,7 @@ import numpy as np
 
 from flaxlm.data.corpus import Pairs, Windows, WithPartner
 from flaxlm.errors import ConfigError, DataError
-from flaxlm.losses import LossConfig  # noqa: F401 - objectives' losses take it
+from flaxlm.nn.losses import LossConfig  # noqa: F401 - objectives' losses take it
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flaxlm import losses
+from flaxlm.nn import losses
 from flaxlm.objectives.base import LossConfig, Objective, stream_windows
 
 

@@ -12,8 +12,8 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
-from flaxlm import losses
 from flaxlm.errors import ConfigError
+from flaxlm.nn import losses
 from flaxlm.objectives.base import LossConfig, Objective, stream_windows
 
 

@@ -7,8 +7,8 @@ import dataclasses
 
 import numpy as np
 
-from flaxlm import losses
 from flaxlm.errors import ConfigError
+from flaxlm.nn import losses
 from flaxlm.objectives.base import LossConfig, Objective, check_corpus, stream_windows
 
 

@@ -8,7 +8,7 @@
   sft                    instruction tuning of decoders: prompt -> response      sft.py
 
 A task says how a record becomes an example, which head sits on the backbone (`head_kind`,
-`flaxlm.param_trees`), the loss, the predictions and how they are scored, the metrics it
+`flaxlm.models.param_trees`), the loss, the predictions and how they are scored, the metrics it
 reports, the record columns it reads beyond `Columns` and the bounds of its config fields;
 see `flaxlm.tasks.base.Task`. A task added outside flaxlm registers with `register(cls)`
 (tests/toy_plugins.py).

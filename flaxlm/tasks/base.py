@@ -18,9 +18,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from flaxlm import param_trees
 from flaxlm.errors import ConfigError
-from flaxlm.models import heads
+from flaxlm.models import heads, param_trees
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +125,7 @@ class Task:
   # from outside declares its own here; they join the config's `columns` block).
   own_columns: ClassVar[dict[str, str]] = {}
   # The head the task puts on its backbone ('sequence' | 'token' | 'span'), or None: it
-  # trains the family's own language-model head (flaxlm.param_trees).
+  # trains the family's own language-model head (flaxlm.models.param_trees).
   head_kind: ClassVar[str | None] = None
   pad_values: ClassVar[dict] = {"inputs": 0, "segment_ids": 0}
 

@@ -1,9 +1,9 @@
 """Sequence-to-sequence: a source text -> a target text (summarization, translation).
 
 Encoder-decoders read the source and predict the target (teacher forcing) and generate it
-with beam search (`flaxlm.seq2seq_decoding`, as generate.py does); decoders read
+with beam search (`flaxlm.decode.seq2seq`, as generate.py does); decoders read
 'source SEP target EOS' with the loss on the target alone, and continue the source with
-beam search too (`flaxlm.sampling.beam_generate`; `beam_size=0`: greedily).
+beam search too (`flaxlm.decode.sampling.beam_generate`; `beam_size=0`: greedily).
 Several references per example (`columns.target='summary1,summary2'`) are all scored; the
 first trains. ROUGE-1/2/L come from rouge-score and BLEU from sacreBLEU.
 """
@@ -181,8 +181,8 @@ class Seq2Seq(Task):
     """The model's output text for each record."""
     c, new_tokens = self.config, self.new_tokens
     if self.encdec:
-      from flaxlm import seq2seq_decoding
-      from flaxlm.sampling import SamplingConfig
+      from flaxlm.decode import seq2seq as seq2seq_decoding
+      from flaxlm.decode.sampling import SamplingConfig
 
       config = seq2seq_decoding.DecodeConfig(
         max_len=min(new_tokens, trainable.model.config.max_len), beam_size=c.beam_size,
@@ -201,7 +201,7 @@ class Seq2Seq(Task):
 
   def continue_prompts(self, trainable, params, prompts: list[list[int]], batch_size: int):
     """A decoder's continuations of token-id prompts, decoded as the task config says."""
-    from flaxlm.sampling import complete
+    from flaxlm.decode.sampling import complete
 
     c = self.config
     return complete(

@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxlm import losses
 from flaxlm.data.formats import WHERE, field, has_field
 from flaxlm.errors import ConfigError, DataError
 from flaxlm.models.heads import TaskModel
+from flaxlm.nn import losses
 from flaxlm.tasks import metrics
 from flaxlm.tasks.base import Task, TaskConfig, bounded
 

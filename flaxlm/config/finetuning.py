@@ -1,0 +1,149 @@
+"""The fine-tuning run configuration: defaults for every key `finetune.py` understands, and
+the frozen `FinetuneConfig` the library takes.
+
+It shares the optimization, reporting and sharding keys of pretraining
+(`config.TrainingKeys`) and adds the task block (validated against the task's config
+class, as the model block is against the family's), the data and column mapping, where the
+backbone comes from (`init_from`) and how it trains (frozen, layer-wise decay, early stopping).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+from ml_collections import config_dict
+
+from flaxlm.config import (
+  EarlyStopping,
+  TrainingKeys,
+  check_keys,
+  merged_config,
+  model_preset,
+  read_keys,
+  write_keys,
+)
+from flaxlm.data.tokenizers.config import TokenizerConfig
+from flaxlm.errors import ConfigError
+from flaxlm.models import registry
+from flaxlm.tasks import TASKS, Columns, config_from_block, task_class
+
+
+def task_block(name: str) -> ml_collections.ConfigDict:
+  """The `config.task` block of a task with its defaults, e.g. task_block('classification')."""
+  return ml_collections.ConfigDict({"name": name, **dataclasses.asdict(task_class(name).Config())})
+
+
+def runtime_model_block() -> ml_collections.ConfigDict:
+  """The model block of a run whose architecture comes from `init_from`: only the keys that
+  may differ from the checkpoint, unset unless given."""
+  return ml_collections.ConfigDict(
+    {
+      "dropout_rate": config_dict.placeholder(float),
+      "dtype": config_dict.placeholder(str),
+      "remat_policy": config_dict.placeholder(str),
+      "attention_impl": config_dict.placeholder(str),
+    }
+  )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FinetuneKeys(TrainingKeys):
+  """Fine-tuning's own keys, and the shared ones whose default differs for fine-tuning."""
+
+  # The backbone: a flaxlm pretraining workdir (its newest checkpoint: architecture, weights
+  # and tokenizer), or '' to train from scratch with model_family / model / tokenizer below.
+  init_from: str = ""
+  init_from_command: str = ""  # the command that creates init_from (printed when it is missing)
+  model_family: str = "bert"
+  freeze_backbone: bool = False  # train the head only (the backbone gets no gradient or state)
+
+  train_data: str = ""  # tsv:/csv:/jsonl:/conll:/squad:<path> or tfds:<name>[:split]
+  eval_data: str = ""  # the dev set; '' = hold out val_fraction of train_data
+  val_fraction: float = 0.1
+  max_train_examples: int = 0  # 0 = all
+  max_eval_examples: int = 0  # 0 = all (the first N dev records: a quicker, rougher dev metric)
+  drop_duplicates: bool = True  # identical inputs (after the column mapping) kept once
+  max_tokens: int = 0  # > 0: drop training examples longer than this instead of truncating
+
+  num_epochs: float = 0.0  # > 0: num_train_steps = ceil(epochs x training examples / batch_size)
+  learning_rate: float = 5e-5
+  schedule: str = "linear"
+  min_learning_rate: float = 0.0
+  weight_decay: float = 0.01
+  b2: float = 0.999
+  eval_every: int = 200
+  checkpoint_every: int = 200
+  keep_checkpoints: int = 2
+  kfold: int = 0  # > 1: cross-validation over train_data (see flaxlm.finetuning.kfold)
+
+
+def finetune_config() -> ml_collections.ConfigDict:
+  """Every key a fine-tuning run understands, with its default. Config files start here."""
+  c = ml_collections.ConfigDict()
+  write_keys(c, FinetuneKeys)
+  c.model = runtime_model_block()
+  c.tokenizer = ml_collections.ConfigDict(dataclasses.asdict(TokenizerConfig()))
+  c.task = task_block("classification")
+  c.columns = ml_collections.ConfigDict(Columns.defaults(TASKS.values()))
+  # Keep the best checkpoint on a dev metric ('' = the task's own, e.g. eval_accuracy) and
+  # stop after `patience` evaluations without improvement (0 = train to the end).
+  c.early_stopping = ml_collections.ConfigDict({"metric": "", "mode": "", "patience": 0})
+  return c
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FinetuneConfig(FinetuneKeys):
+  """Everything `finetuning.train` needs: the keys, and the blocks that belong to a class."""
+
+  model_overrides: dict  # the model block's set keys (a full model config without init_from)
+  tokenizer: TokenizerConfig
+  task_name: str
+  task: object  # the task's config dataclass
+  columns: Columns
+  early_stopping: EarlyStopping
+  pad_vocab_to: int = 128
+
+
+def from_config_dict(c: ml_collections.ConfigDict) -> FinetuneConfig:
+  check_keys(c, finetune_config())
+  task_fields = c.task.to_dict()
+  cls = task_class(task_fields.get("name", ""))
+  task = config_from_block(cls, task_fields)
+  overrides = {k: v for k, v in c.model.to_dict().items() if v is not None}
+  if not c.init_from:
+    registry.model_config(c.model_family, overrides)  # names bad keys now
+  stop = c.early_stopping
+  if stop.mode not in ("", "max", "min"):
+    raise ConfigError(f"early_stopping.mode={stop.mode!r}; choose 'max' or 'min' ('' = the task's)")
+  metric = stop.metric or cls.metric_for(task)
+  if not metric.startswith("eval_"):
+    metric = "eval_" + metric
+  reported = ["eval_" + name for name in cls.metric_names(task)]
+  if metric not in reported:
+    raise ConfigError(
+      f"early_stopping.metric={stop.metric!r}: task {cls.name!r} does not report it; use one "
+      f"of {reported} ('' = the task's own, {cls.metric_for(task)})"
+    )
+  return FinetuneConfig(
+    **read_keys(c, FinetuneKeys),
+    model_overrides=overrides,
+    tokenizer=TokenizerConfig(**c.tokenizer.to_dict()),
+    task_name=cls.name,
+    task=task,
+    columns=Columns.of(c.columns.to_dict()),
+    early_stopping=EarlyStopping(
+      metric=metric, mode=stop.mode or cls.metric_mode_for(task), patience=stop.patience
+    ),
+  )
+
+
+def from_saved(saved: dict) -> FinetuneConfig:
+  """The FinetuneConfig of a checkpoint's saved config (`config.merged_config`)."""
+  return from_config_dict(merged_config(finetune_config(), saved))
+
+
+def with_model_preset(c: ml_collections.ConfigDict, family: str, preset: str) -> None:
+  """Sets a from-scratch run's family and full model block from a preset."""
+  c.model_family = family
+  c.model = model_preset(family, preset)

@@ -1,0 +1,1 @@
+"""Generation from a trained model: sampling, beam search, and encoder-decoder decoding."""
