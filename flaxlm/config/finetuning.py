@@ -26,6 +26,7 @@ from flaxlm.config import (
 from flaxlm.data.tokenizers.config import TokenizerConfig
 from flaxlm.errors import ConfigError
 from flaxlm.models import registry
+from flaxlm.nn.lora import LoraConfig
 from flaxlm.tasks import TASKS, Columns, config_from_block, task_class
 
 
@@ -89,6 +90,9 @@ def finetune_config() -> ml_collections.ConfigDict:
   # Keep the best checkpoint on a dev metric ('' = the task's own, e.g. eval_accuracy) and
   # stop after `patience` evaluations without improvement (0 = train to the end).
   c.early_stopping = ml_collections.ConfigDict({"metric": "", "mode": "", "patience": 0})
+  # LoRA (rank > 0): low-rank adapters on the projections `targets` matches; the base stays
+  # frozen, only adapters and `modules_to_save` (the task head) train. See flaxlm/nn/lora.py.
+  c.lora = ml_collections.ConfigDict(dataclasses.asdict(LoraConfig()))
   return c
 
 
@@ -102,6 +106,7 @@ class FinetuneConfig(FinetuneKeys):
   task: object  # the task's config dataclass
   columns: Columns
   early_stopping: EarlyStopping
+  lora: LoraConfig = LoraConfig()
   pad_vocab_to: int = 128
 
 
@@ -135,6 +140,7 @@ def from_config_dict(c: ml_collections.ConfigDict) -> FinetuneConfig:
     early_stopping=EarlyStopping(
       metric=metric, mode=stop.mode or cls.metric_mode_for(task), patience=stop.patience
     ),
+    lora=LoraConfig(**c.lora.to_dict()),
   )
 
 

@@ -50,12 +50,14 @@ def _import(args) -> None:
 def _export(args) -> None:
   from flaxlm.convert import export_hf
   from flaxlm.finetuning import load as finetuned
+  from flaxlm.nn import lora
   from flaxlm.pretraining import load as pretrained
 
   if finetuned.workdir_kind(args.workdir) == "finetune":
     model = finetuned.load(args.workdir)
     task = model.task.layout.head  # None: the family's LM head (SFT, seq2seq, text labels)
-    params, labels = model.params, model.task.labels
+    # LoRA adapters folded into their kernels: an ordinary model transformers loads.
+    params, labels = lora.merged(jax.device_get(model.params), model.lora), model.task.labels
     family, config, tokenizer = model.family, model.model_config, model.tokenizer
   else:
     trainable, params, tokenizer = pretrained.load_trained(args.workdir)

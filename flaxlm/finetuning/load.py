@@ -22,6 +22,7 @@ from flaxlm.finetuning import evaluation
 from flaxlm.finetuning.run import Model, build
 from flaxlm.models import registry
 from flaxlm.nn import sharding
+from flaxlm.nn.lora import LoraConfig
 from flaxlm.tasks import Columns, Task, config_from_block, task_class
 from flaxlm.train import reporting
 from flaxlm.train.checkpoint import Checkpointer
@@ -81,7 +82,10 @@ def load(workdir, mesh=None, columns: dict | None = None, task: dict | None = No
   task_obj = cls(task_config, Columns.of(column_fields), registry.family_of(family), model_config,
              tokenizer, saved["labels"])  # fmt: skip
   mesh = mesh or sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-  ft = dataclasses.replace(ft, freeze_backbone=False, mesh=dict(mesh.shape))
+  # Adapters are part of the tree: their settings come from what the checkpoint recorded (a
+  # library run saves no config JSON).
+  adapters = LoraConfig(**meta.get("resume_keys", {}).get("lora", dataclasses.asdict(ft.lora)))
+  ft = dataclasses.replace(ft, freeze_backbone=False, mesh=dict(mesh.shape), lora=adapters)
   trainable = build(task_obj, family, model_config, ft, mesh)
   ckpt = Checkpointer(source, async_save=False, create=False)
   try:
@@ -92,7 +96,7 @@ def load(workdir, mesh=None, columns: dict | None = None, task: dict | None = No
       params = ckpt.restore(trainable.abstract_state)[1].params
   finally:
     ckpt.close()
-  return Model(task_obj, trainable, tokenizer, family, model_config, params)
+  return Model(task_obj, trainable, tokenizer, family, model_config, params, adapters)
 
 
 def load_hf(path: str, task: str = "", num_labels: int = 0, labels=None, mesh=None, seed=0):

@@ -23,7 +23,8 @@ from flaxlm.data import corpus, formats, pipeline, tokenizers
 from flaxlm.errors import CheckpointMismatchError, ConfigError, DataError, DataNotFoundError
 from flaxlm.finetuning import evaluation
 from flaxlm.models import registry
-from flaxlm.nn import sharding
+from flaxlm.nn import lora, sharding
+from flaxlm.nn.lora import LoraConfig
 from flaxlm.pretraining import transfer
 from flaxlm.tasks import task_class
 from flaxlm.train import loop, reporting, validation
@@ -44,6 +45,7 @@ class Model:
   family: str
   model_config: object
   params: object = None
+  lora: LoraConfig = LoraConfig()  # rank > 0: `params` hold adapters (lora.merged folds them)
 
   @property
   def model(self):
@@ -162,6 +164,11 @@ def texts_for_tokenizer(task, records: list[dict]) -> list[str]:
 def build(task, family: str, model_config, ft: FinetuneConfig, mesh) -> Trainable:
   backbone = registry.build_model(family, model_config)
   model = task.model(backbone)
+  frozen = task.layout.frozen if ft.freeze_backbone else None
+  if ft.lora.rank:  # the base frozen: only adapters and the saved modules train
+    model = lora.with_adapters(model, ft.lora)
+    trains = lora.trains(ft.lora, task.layout.is_head)
+    frozen = lambda path: not trains(path)  # noqa: E731
   example = task.init_batch(sharding.data_parallel_size(mesh))
   trainable = Trainable.with_adamw(
     model,
@@ -171,9 +178,11 @@ def build(task, family: str, model_config, ft: FinetuneConfig, mesh) -> Trainabl
     task.loss,
     ft.step,
     lambda rng: model.init(rng, *example)["params"],
-    frozen=task.layout.frozen if ft.freeze_backbone else None,
+    frozen=frozen,
   )
-  if ft.freeze_backbone:
+  if ft.lora.rank:
+    lora.check_targets(trainable.abstract_state.params, ft.lora)
+  elif ft.freeze_backbone:
     task.layout.check_freezable(trainable.abstract_state.params, task.name, family)
   validation.check_divisible(trainable)
   return trainable
@@ -225,7 +234,7 @@ def _meta(task, tokenizer, family, model_config, ft: FinetuneConfig, ft_json: di
 
 # Keys whose change would reinterpret a saved run (its data order, labels or model).
 RESUME_KEYS = ("task_name", "train_data", "eval_data", "val_fraction", "batch_size", "seed",
-               "max_train_examples", "drop_duplicates", "max_tokens", "init_from")  # fmt: skip
+               "max_train_examples", "drop_duplicates", "max_tokens", "init_from", "lora")  # fmt: skip
 
 
 def resume_keys(ft: FinetuneConfig) -> tuple[str, ...]:
@@ -348,7 +357,7 @@ def train(
   if jax.process_index() == 0:
     reporting.plot_learning_curve(workdir, task.metric_for(task.config))
   out.update(final)
-  out.update(model=Model(task, trainable, tokenizer, family, model_config, params))
+  out.update(model=Model(task, trainable, tokenizer, family, model_config, params, ft.lora))
   return out
 
 

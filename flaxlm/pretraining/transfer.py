@@ -17,6 +17,7 @@ from flax import traverse_util
 
 from flaxlm.errors import CheckpointMismatchError, DataNotFoundError
 from flaxlm.models.param_trees import Layout
+from flaxlm.nn import lora
 from flaxlm.workdir import Workdir
 
 log = logging.getLogger("flaxlm")
@@ -62,7 +63,11 @@ def backbone_overrides(abstract_params: dict, pretrained: Pretrained, layout: La
   (`layout`: the task's tree; a generative task takes the family's LM head too).
 
   Raises with the missing and mismatched paths; logs the unused pretraining parameters."""
-  want = traverse_util.flatten_dict(layout.backbone(abstract_params))
+  want = {
+    k: v
+    for k, v in traverse_util.flatten_dict(layout.backbone(abstract_params)).items()
+    if not lora.is_adapter(k)
+  }  # fmt: skip - adapters start fresh (nn/lora.py)
   have = traverse_util.flatten_dict(pretrained.params)
   missing = sorted("/".join(k) for k in want if k not in have)
   mismatched = sorted(

@@ -1,0 +1,152 @@
+"""LoRA: low-rank adapters over the projections of any flaxlm model, by Qwix.
+
+Qwix (Google's JAX quantization and LoRA library) intercepts the `dot_general` of every
+module whose path matches a regex. Every weight matrix of every transformer family goes
+through `nn.projection.Projection` (one `dot_general` on a `kernel`), so one rule reaches them
+all. Beside each matched `kernel` it adds
+
+  kernel_lora_a  (d_in, r)   he-uniform, logical axes (the kernel's input axis, None)
+  kernel_lora_b  (r, d_out)  zeros,      logical axes (None, the kernel's output axis)
+
+and computes `x @ kernel + (x @ a @ b) * alpha / r` (rsLoRA: `alpha / sqrt(r)`). B starts at
+zero, so an adapted model's first outputs are the base model's. The adapters carry the
+kernel's logical axis names, so the rules table shards them like their kernels.
+
+Qwix is an optional dependency: `pip install 'flaxlm[lora]'`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+
+import numpy as np
+from flax import traverse_util
+
+from flaxlm.errors import ConfigError
+
+ADAPTERS = ("_lora_a", "_lora_b")  # Qwix's suffixes of a kernel's adapter pair
+Path = tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  rank: int = 0  # 0: off (full fine-tuning); r of every adapter pair
+  alpha: float = 16.0  # the update is scaled by alpha / rank (rsLoRA: alpha / sqrt(rank))
+  dropout: float = 0.0  # on the adapters' input; only 0 for now (see __post_init__)
+  # Which projections get adapters: a regex over module paths, matched whole, e.g.
+  # '.*/(query|value)' (attention q and v, the default, as peft's for BERT), '.*/attn/.*' (all
+  # attention) or '.*/(query|key|value|out|wi|wi_up|wo)' (every linear layer of the blocks).
+  targets: str = ".*/(query|value)"
+  rslora: bool = False  # rank-stabilized scaling alpha / sqrt(rank)
+  # Parameters trained in full beside the adapters: a regex over parameter paths ('/'-joined,
+  # e.g. 'classifier/.*'); '' = the task head (a new head must learn from scratch).
+  modules_to_save: str = ""
+
+  def __post_init__(self):
+    if self.rank < 0:
+      raise ConfigError(f"lora.rank={self.rank}; use 0 (off) or a positive rank such as 8")
+    if self.rank and self.alpha <= 0:
+      raise ConfigError(f"lora.alpha={self.alpha}; use a positive scale such as 2 x rank")
+    if self.dropout:
+      raise ConfigError(
+        f"lora.dropout={self.dropout}: Qwix applies LoRA dropout at evaluation too, so flaxlm "
+        "does not offer it yet; set --config.lora.dropout=0 (the task's dropout_rate still "
+        "regularizes the head)"
+      )
+    for key in ("targets", "modules_to_save"):
+      try:
+        re.compile(getattr(self, key))
+      except re.error as e:
+        raise ConfigError(f"lora.{key}={getattr(self, key)!r} is not a regex: {e}") from None
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+
+
+def is_adapter(path: Path) -> bool:
+  return path[-1].endswith(ADAPTERS)
+
+
+def with_adapters(model, config: LoraConfig):
+  """`model` with an adapter pair beside every kernel that `config.targets` matches."""
+  try:
+    import qwix
+  except ImportError:
+    raise ConfigError(
+      "lora.rank > 0 needs Qwix: pip install 'flaxlm[lora]' (or pip install qwix)"
+    ) from None
+  _transpose_names_before_values(qwix)
+  # Qwix scales by alpha / rank; rsLoRA's alpha / sqrt(rank) is that with alpha * sqrt(rank).
+  alpha = config.scale * config.rank
+  provider = qwix.LoraProvider(module_path=config.targets, rank=config.rank, alpha=alpha)
+  return qwix.apply_lora_to_model(model, provider)
+
+
+def _transpose_names_before_values(qwix) -> None:
+  """Qwix 0.1.8 boxes a new adapter by putting its value into the kernel's box, then
+  rewriting the box's logical names; under a mesh, Flax constrains the 2-D adapter with the
+  kernel's names in between (3-D for attention's (D, N, H) kernels) and fails. Box value and
+  names together instead. Patched once, in Qwix's LoRA module only."""
+  from flax import linen as nn
+  from qwix._src.providers import lora as qwix_lora
+
+  util = qwix_lora.flax_util
+  if getattr(util, "flaxlm_names_with_values", False):
+    return
+  update_boxed = util.update_boxed
+
+  def names_with_values(boxed, *, value=None, transpose=None, **kw):
+    if isinstance(boxed, nn.LogicallyPartitioned) and value is not None and transpose:
+      names = tuple(None if t is None else boxed.names[t] for t in transpose)
+      return boxed.replace(value=value, names=names)
+    return update_boxed(boxed, value=value, transpose=transpose, **kw)
+
+  patched = type(util)(util.__name__)
+  patched.__dict__.update(util.__dict__, update_boxed=names_with_values)
+  patched.flaxlm_names_with_values = True
+  qwix_lora.flax_util = patched
+
+
+def trains(config: LoraConfig, is_head) -> callable:
+  """The predicate of the parameters a LoRA run trains: adapters, and the saved modules
+  (`is_head` when `modules_to_save` is '')."""
+  saved = re.compile(config.modules_to_save) if config.modules_to_save else None
+
+  def trained(path: Path) -> bool:
+    if is_adapter(path):
+      return True
+    return bool(saved.fullmatch("/".join(path))) if saved else is_head(path)
+
+  return trained
+
+
+def check_targets(params: Mapping, config: LoraConfig) -> None:
+  """Refuses a `targets` regex that matched no projection, naming some that exist."""
+  flat = traverse_util.flatten_dict(params)
+  if any(is_adapter(k) for k in flat):
+    return
+  kernels = sorted({"/".join(k[:-1]) for k in flat if k[-1] == "kernel"})
+  shown = ", ".join(kernels[:6]) + (" ..." if len(kernels) > 6 else "")
+  raise ConfigError(
+    f"lora.targets={config.targets!r} matches no projection of this model; its projections "
+    f"are {shown} (the regex must match a whole path)"
+  )
+
+
+def merged(params: Mapping, config: LoraConfig) -> dict:
+  """The same tree with every adapter pair folded into its kernel (kernel + a @ b * scale, in
+  the kernel's shape) and the adapters dropped: an ordinary model's parameters."""
+  flat = dict(traverse_util.flatten_dict(params))
+  for path in [k for k in flat if k[-1].endswith(ADAPTERS[0])]:
+    name = path[-1][: -len(ADAPTERS[0])]
+    a, b = flat.pop(path), flat.pop((*path[:-1], name + ADAPTERS[1]))
+    kernel = flat[(*path[:-1], name)]
+    delta = (np.asarray(a, np.float32) @ np.asarray(b, np.float32)) * config.scale
+    flat[(*path[:-1], name)] = (
+      np.asarray(kernel, np.float32) + delta.reshape(kernel.shape)
+    ).astype(kernel.dtype)
+  return traverse_util.unflatten_dict(flat)
