@@ -7,6 +7,7 @@ import json
 import re
 import socket
 
+import jax
 import numpy as np
 
 from flaxlm.config import finetuning as config_finetune
@@ -190,3 +191,20 @@ def run_config(tmp, name, **overrides):
   c.num_train_steps, c.eval_every, c.checkpoint_every = 2, 0, 2
   c.update(overrides)
   return c
+
+
+def trained_from(c, workdir, monkeypatch) -> tuple[dict, object]:
+  """(the parameters training started from, on the host; the fine-tuned model) of a run of
+  config `c` (what a test of frozen parameters compares)."""
+  from flaxlm.finetuning import run as finetuning
+  from flaxlm.train.steps import Trainable
+
+  seen, real = {}, Trainable.init_state
+
+  def spy(self, seed, overrides=None):
+    seen["init"] = jax.device_get((state := real(self, seed, overrides)).params)
+    return state
+
+  monkeypatch.setattr(Trainable, "init_state", spy)
+  model = finetuning.train(config_finetune.from_config_dict(c), workdir)["model"]
+  return seen["init"], model

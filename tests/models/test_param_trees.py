@@ -7,14 +7,13 @@ import jax
 import numpy as np
 import pytest
 from flax import traverse_util
-from samples import RUNS, run_config
+from samples import RUNS, run_config, trained_from
 
 from flaxlm.config import finetuning as config_finetune
 from flaxlm.finetuning import load as finetuned
 from flaxlm.finetuning import run as finetuning
 from flaxlm.models import param_trees, registry
 from flaxlm.tasks import TASKS
-from flaxlm.train.steps import Trainable
 
 
 def test_every_task_declares_its_head_on_every_family():
@@ -47,19 +46,11 @@ def test_split_and_merge_are_inverse_and_name_the_paths():
 def test_freeze_backbone_on_every_task_kind(name, tmp_path, monkeypatch):
   """The backbone is bit-identical after two steps and has no optimizer state; the head
   (a task head, or the family's untied LM head) trains."""
-  seen = {}
-  real = Trainable.init_state
-
-  def spy(self, seed, overrides=None):
-    seen["init"] = jax.device_get((state := real(self, seed, overrides)).params)
-    return state
-
-  monkeypatch.setattr(Trainable, "init_state", spy)
   c = run_config(tmp_path, name, freeze_backbone=True)
-  model = finetuning.train(config_finetune.from_config_dict(c), tmp_path / "workdir")["model"]
+  init, model = trained_from(c, tmp_path / "workdir", monkeypatch)
   layout = model.task.layout
   (before, head_before), (after, head_after) = (
-    layout.split(p) for p in (seen["init"], jax.device_get(model.params))
+    layout.split(p) for p in (init, jax.device_get(model.params))
   )
   assert head_after and before.keys() == after.keys()
   for path in before:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
-from samples import RUNS, by_step, run_config
+from samples import RUNS, by_step, run_config, trained_from
 
 from flaxlm.config import finetuning as config_finetune
 from flaxlm.errors import ConfigError
@@ -16,23 +16,13 @@ from flaxlm.finetuning import load as finetuned
 from flaxlm.finetuning import run as finetuning
 from flaxlm.models import registry
 from flaxlm.nn import lora
-from flaxlm.train.steps import Trainable
 
 
 def trained_with_lora(tmp_path, monkeypatch, name, **lora_keys):
   """(initial params, fine-tuned model) of a two-step LoRA run of RUNS[name]."""
-  seen = {}
-  real = Trainable.init_state
-
-  def spy(self, seed, overrides=None):
-    seen["init"] = jax.device_get((state := real(self, seed, overrides)).params)
-    return state
-
-  monkeypatch.setattr(Trainable, "init_state", spy)
   c = run_config(tmp_path, name)
   c.lora.update(dict(rank=2, alpha=4.0, targets=".*/(query|value)", **lora_keys))
-  model = finetuning.train(config_finetune.from_config_dict(c), tmp_path / "workdir")["model"]
-  return seen["init"], model
+  return trained_from(c, tmp_path / "workdir", monkeypatch)
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
