@@ -55,9 +55,11 @@ def lstm_args(tmp, task: str = "") -> list[str]:
 
 def task_args(tmp, task: str) -> list[str]:
   """A tiny model and generated data for each task kind."""
-  if task in ("classification", "padding_free"):
+  if task in ("classification", "padding_free", "lora"):
     bert = ["--config=" + files(tmp, "padding_free.py", PADDING_FREE_CONFIG)]
-    model = bert if task == "padding_free" else lstm_args(tmp)
+    model = bert if task in ("padding_free", "lora") else lstm_args(tmp)
+    if task == "lora":  # the BERT frozen, adapters on q and v and the head trained
+      model += ["--config.lora.rank=4", "--config.lora.alpha=8"]
     text = "label\ttext\n" + "".join(
       f"{i % 2}\t{'good' if i % 2 else 'bad'} film {i}\n" for i in range(64)
     )
@@ -97,7 +99,7 @@ def task_args(tmp, task: str) -> list[str]:
           "--config.columns.response=target", *common]  # fmt: skip
 
 
-TASKS = ["classification", "padding_free", "token_classification", "qa", "seq2seq", "sft"]
+TASKS = ["classification", "padding_free", "lora", "token_classification", "qa", "seq2seq", "sft"]
 
 
 @pytest.mark.parametrize("task", TASKS)
