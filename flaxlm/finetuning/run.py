@@ -162,13 +162,10 @@ def texts_for_tokenizer(task, records: list[dict]) -> list[str]:
 
 
 def build(task, family: str, model_config, ft: FinetuneConfig, mesh) -> Trainable:
-  backbone = registry.build_model(family, model_config)
-  model = task.model(backbone)
+  model = task.model(registry.build_model(family, model_config))
   frozen = task.layout.frozen if ft.freeze_backbone else None
   if ft.lora.rank:  # the base frozen: only adapters and the saved modules train
-    model = lora.with_adapters(model, ft.lora)
-    trains = lora.trains(ft.lora, task.layout.is_head)
-    frozen = lambda path: not trains(path)  # noqa: E731
+    model, frozen = lora.with_adapters(model, ft.lora), lora.frozen(ft.lora, task.layout.is_head)
   example = task.init_batch(sharding.data_parallel_size(mesh))
   trainable = Trainable.with_adamw(
     model,

@@ -111,17 +111,18 @@ def _transpose_names_before_values(qwix) -> None:
   qwix_lora.flax_util = patched
 
 
-def trains(config: LoraConfig, is_head) -> callable:
-  """The predicate of the parameters a LoRA run trains: adapters, and the saved modules
+def frozen(config: LoraConfig, is_head) -> callable:
+  """The frozen-parameter predicate of a LoRA run (what `Trainable` takes, as
+  `Layout.frozen` is for freeze_backbone): all but the adapters and the saved modules
   (`is_head` when `modules_to_save` is '')."""
   saved = re.compile(config.modules_to_save) if config.modules_to_save else None
 
-  def trained(path: Path) -> bool:
+  def is_frozen(path: Path) -> bool:
     if is_adapter(path):
-      return True
-    return bool(saved.fullmatch("/".join(path))) if saved else is_head(path)
+      return False
+    return not (saved.fullmatch("/".join(path)) if saved else is_head(path))
 
-  return trained
+  return is_frozen
 
 
 def check_targets(params: Mapping, config: LoraConfig) -> None:
