@@ -133,6 +133,31 @@ def edited_copy(source: pathlib.Path, out: pathlib.Path, **changes) -> pathlib.P
   return out
 
 
+def bert_with_vocab(directory: pathlib.Path, texts: list[str], seed: int = 5):
+  """A tiny HF BERT (2 x 32) saved in `directory` with the vocab.txt of a WordPiece
+  tokenizer trained on `texts`, as a sentence-transformers folder ships: init_from='hf:<dir>'
+  fine-tunes it. Returns the flaxlm tokenizer."""
+  from flaxlm.data.tokenizers import TokenizerConfig
+  from flaxlm.data.tokenizers.wordpiece import WordPieceTokenizer
+
+  wp = WordPieceTokenizer.train(
+    texts, TokenizerConfig(kind="wordpiece", vocab_size=64, special_tokens="bert", lowercase=True)
+  )
+  torch.manual_seed(seed)
+  config = transformers.BertConfig(
+    vocab_size=wp.vocab_size,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=48,
+    max_position_embeddings=64,
+  )
+  transformers.BertForPreTraining(config).save_pretrained(directory)
+  vocab = sorted(wp.tok.get_vocab().items(), key=lambda kv: kv[1])
+  (directory / "vocab.txt").write_text("".join(piece + "\n" for piece, _ in vocab))
+  return wp
+
+
 # --- comparisons ----------------------------------------------------------------------------
 
 

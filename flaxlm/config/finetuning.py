@@ -58,6 +58,9 @@ class FinetuneKeys(TrainingKeys):
   init_from_command: str = ""  # the command that creates init_from (printed when it is missing)
   model_family: str = "bert"
   freeze_backbone: bool = False  # train the head only (the backbone gets no gradient or state)
+  # 'hf:<dir>': Hugging Face peft LoRA adapters (adapter_config.json + adapter_model.safetensors)
+  # to start from, on init_from's base; their rank, alpha and targets replace lora.*.
+  adapters_from: str = ""
 
   train_data: str = ""  # tsv:/csv:/jsonl:/conll:/squad:<path> or tfds:<name>[:split]
   eval_data: str = ""  # the dev set; '' = hold out val_fraction of train_data
@@ -118,6 +121,12 @@ def from_config_dict(c: ml_collections.ConfigDict) -> FinetuneConfig:
   overrides = {k: v for k, v in c.model.to_dict().items() if v is not None}
   if not c.init_from:
     registry.model_config(c.model_family, overrides)  # names bad keys now
+  if c.adapters_from and not c.adapters_from.startswith("hf:"):
+    raise ConfigError(f"adapters_from={c.adapters_from!r}; name a peft folder as hf:<dir>")
+  if c.adapters_from and c.lora.rank:
+    raise ConfigError(
+      "adapters_from sets the LoRA settings from its adapter_config.json; leave lora.rank at 0"
+    )
   stop = c.early_stopping
   if stop.mode not in ("", "max", "min"):
     raise ConfigError(f"early_stopping.mode={stop.mode!r}; choose 'max' or 'min' ('' = the task's)")

@@ -7,7 +7,10 @@ python -m flaxlm.convert import <hf_dir> [<out.json>] [--pad_vocab_to=N]
 python -m flaxlm.convert export <flaxlm workdir> <hf_dir> [--task=bare]
     Writes the newest checkpoint of a pretraining workdir (its language-model head, or the
     bare backbone with --task=bare), or the best checkpoint of a fine-tuning workdir (its
-    task head and labels), as a Hugging Face model folder with its tokenizer.
+    task head and labels), as a Hugging Face model folder with its tokenizer. A LoRA
+    fine-tune is written with its adapters merged into the weights; with --adapters, only
+    the adapters and saved modules, in peft's format (adapter_config.json,
+    adapter_model.safetensors) for peft.PeftModel.from_pretrained(<its base>, <hf_dir>).
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ def _export(args) -> None:
   from flaxlm.nn import lora
   from flaxlm.pretraining import load as pretrained
 
+  if args.adapters:
+    return _export_adapters(args)
   if finetuned.workdir_kind(args.workdir) == "finetune":
     model = finetuned.load(args.workdir)
     task = model.task.layout.head  # None: the family's LM head (SFT, seq2seq, text labels)
@@ -65,6 +70,35 @@ def _export(args) -> None:
     config, task, labels = trainable.model.config, args.task, None
   class_name = export_hf(args.hf_dir, family, config, params, tokenizer, task=task, labels=labels)
   print(f"{args.workdir} -> {args.hf_dir} ({class_name})")
+
+
+def _export_adapters(args) -> None:
+  from flaxlm.convert import peft
+  from flaxlm.errors import ConfigError
+  from flaxlm.finetuning import load as finetuned
+  from flaxlm.nn import lora
+
+  if finetuned.workdir_kind(args.workdir) != "finetune":
+    raise ConfigError(f"--adapters: {args.workdir} is not a fine-tuning run")
+  model = finetuned.load(args.workdir)
+  if not model.lora.rank:
+    raise ConfigError(f"--adapters: {args.workdir} trained no LoRA adapters (lora.rank=0)")
+  frozen = model.trainable.frozen_paths
+  config = peft.export_adapters(
+    args.hf_dir,
+    model.family,
+    model.model_config,
+    model.params,
+    model.lora,
+    trained=lambda path: path not in frozen and not lora.is_adapter(path),
+    tokenizer=model.tokenizer,
+    task=model.task.layout.head,
+    base=model.init_from.removeprefix("hf:"),
+  )
+  print(
+    f"{args.workdir} -> {args.hf_dir} (peft LoRA adapters, rank {config['r']}, on "
+    f"{len(config['target_modules'])} projections; saved modules: {config['modules_to_save']})"
+  )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,6 +116,11 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("workdir")
   p.add_argument("hf_dir")
   p.add_argument("--task", default=None, choices=["bare"], help="pretraining runs: bare backbone")
+  p.add_argument(
+    "--adapters",
+    action="store_true",
+    help="a LoRA fine-tune: its adapters in peft's format instead of the merged model",
+  )
   args = parser.parse_args(argv)
   cli.setup_logging()
   with cli.user_errors("flaxlm.convert"):

@@ -181,7 +181,16 @@ def export_hf(
   'token', 'span' (a task's `head_for(family)`; `flaxlm.models.param_trees`). `labels` name the
   classifier's outputs. Trailing vocabulary rows that are zero in every vocabulary table
   (what import padding adds) are dropped, down to the tokenizer's size."""
+  config, tensors, class_name = hf_tensors(family, model_config, params, tokenizer, task, labels)
   directory = pathlib.Path(directory)
+  files.write_model(directory, config, tensors)
+  if tokenizer is not None:
+    tokenizer_export.write(directory, tokenizer, architecture(family, model_config, tokenizer))
+  return class_name
+
+
+def hf_tensors(family: str, model_config, params: dict, tokenizer=None, task=None, labels=None):
+  """(config.json fields, {HF name: array}, class name) of `export_hf`, in memory."""
   if task is not None and task not in TASKS:
     raise ConfigError(f"task={task!r}; choose None (the language-model head) or one of {TASKS}")
   arch = architecture(family, model_config, tokenizer)
@@ -210,7 +219,4 @@ def export_hf(
       raise ConfigError(f"{len(names)} labels for a head with {n} outputs")
     config["id2label"] = {str(i): name for i, name in enumerate(names)}
     config["label2id"] = {name: i for i, name in enumerate(names)}
-  files.write_model(directory, config, tensors)
-  if tokenizer is not None:
-    tokenizer_export.write(directory, tokenizer, arch)
-  return class_name
+  return config, tensors, class_name

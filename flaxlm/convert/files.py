@@ -89,19 +89,24 @@ def _safetensors():
 
 def read_weights(directory: pathlib.Path) -> dict[str, np.ndarray]:
   """{HF parameter name: float32 array} from every shard of the checkpoint."""
-  safe_open = _safetensors().safe_open
-
   out: dict[str, np.ndarray] = {}
   for path in weight_files(directory):
-    with safe_open(str(path), framework="numpy") as f:
-      bf16 = []
-      for name in f.keys():
-        if f.get_slice(name).get_dtype() == "BF16":
-          bf16.append(name)  # NumPy has no bfloat16: read below through JAX
-        else:
-          out[name] = np.asarray(f.get_tensor(name), np.float32)
-    if bf16:
-      out.update(_read_bfloat16(path, bf16))
+    out.update(read_tensors(path))
+  return out
+
+
+def read_tensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """{name: float32 array} of one safetensors file."""
+  safe_open = _safetensors().safe_open
+  out, bf16 = {}, []
+  with safe_open(str(path), framework="numpy") as f:
+    for name in f.keys():
+      if f.get_slice(name).get_dtype() == "BF16":
+        bf16.append(name)  # NumPy has no bfloat16: read below through JAX
+      else:
+        out[name] = np.asarray(f.get_tensor(name), np.float32)
+  if bf16:
+    out.update(_read_bfloat16(path, bf16))
   return out
 
 
@@ -113,15 +118,20 @@ def _read_bfloat16(path: pathlib.Path, names: list[str]) -> dict[str, np.ndarray
     return {name: np.asarray(f.get_tensor(name), np.float32) for name in names}
 
 
-def write_model(directory: pathlib.Path, config: dict, weights: dict[str, np.ndarray]) -> None:
+def write_model(
+  directory: pathlib.Path,
+  config: dict,
+  weights: dict[str, np.ndarray],
+  names: tuple[str, str] = ("config.json", WEIGHTS),  # peft: adapter_config.json, adapter_model
+) -> None:
   """config.json and model.safetensors (float32, contiguous) in `directory`."""
   _safetensors()
   from safetensors.numpy import save_file
 
   directory.mkdir(parents=True, exist_ok=True)
-  (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+  (directory / names[0]).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
   tensors = {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
-  save_file(tensors, str(directory / WEIGHTS), metadata={"format": "pt"})
+  save_file(tensors, str(directory / names[1]), metadata={"format": "pt"})
   stale = directory / INDEX  # a shard index left from an earlier export would win on load
   if stale.exists():
     stale.unlink()

@@ -18,7 +18,7 @@ import jax
 from flaxlm.config.finetuning import from_saved
 from flaxlm.data import formats, tokenizers
 from flaxlm.errors import CheckpointMismatchError, DataError, DataNotFoundError, WorkdirError
-from flaxlm.finetuning import evaluation
+from flaxlm.finetuning import evaluation, frozen_base
 from flaxlm.finetuning.run import Model, build
 from flaxlm.models import registry
 from flaxlm.nn import sharding
@@ -84,19 +84,16 @@ def load(workdir, mesh=None, columns: dict | None = None, task: dict | None = No
   mesh = mesh or sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
   # Adapters are part of the tree: their settings come from what the checkpoint recorded (a
   # library run saves no config JSON).
-  adapters = LoraConfig(**meta.get("resume_keys", {}).get("lora", dataclasses.asdict(ft.lora)))
+  saved_lora = meta.get("lora") or meta.get("resume_keys", {}).get("lora")
+  adapters = LoraConfig(**(saved_lora or dataclasses.asdict(ft.lora)))
   ft = dataclasses.replace(ft, freeze_backbone=False, mesh=dict(mesh.shape), lora=adapters)
   trainable = build(task_obj, family, model_config, ft, mesh)
-  ckpt = Checkpointer(source, async_save=False, create=False)
-  try:
-    if source == workdir.best:
-      restored = ckpt.restore({"params": trainable.abstract_state.params})
-      params = restored[1]["params"]
-    else:
-      params = ckpt.restore(trainable.abstract_state)[1].params
-  finally:
-    ckpt.close()
-  return Model(task_obj, trainable, tokenizer, family, model_config, params, adapters)
+  rebuild = lambda meta: frozen_base.rebuild(trainable, meta["base"], task_obj.layout, source)[0]
+  params, _ = frozen_base.restore_params(
+    source, trainable, rebuild, whole_state=source != workdir.best
+  )
+  init_from = meta.get("resume_keys", {}).get("init_from", ft.init_from)
+  return Model(task_obj, trainable, tokenizer, family, model_config, params, adapters, init_from)
 
 
 def load_hf(path: str, task: str = "", num_labels: int = 0, labels=None, mesh=None, seed=0):

@@ -19,9 +19,10 @@ import numpy as np
 
 from flaxlm.config import check_same_settings, setting_values
 from flaxlm.config.finetuning import FinetuneConfig, from_saved
-from flaxlm.data import corpus, formats, pipeline, tokenizers
-from flaxlm.errors import CheckpointMismatchError, ConfigError, DataError, DataNotFoundError
-from flaxlm.finetuning import evaluation
+from flaxlm.data import corpus, pipeline, tokenizers
+from flaxlm.errors import CheckpointMismatchError, ConfigError
+from flaxlm.finetuning import evaluation, frozen_base
+from flaxlm.finetuning.inputs import check, clean, read_records, texts_for_tokenizer  # noqa: F401
 from flaxlm.models import registry
 from flaxlm.nn import lora, sharding
 from flaxlm.nn.lora import LoraConfig
@@ -46,116 +47,11 @@ class Model:
   model_config: object
   params: object = None
   lora: LoraConfig = LoraConfig()  # rank > 0: `params` hold adapters (lora.merged folds them)
+  init_from: str = ""  # the base it was fine-tuned from
 
   @property
   def model(self):
     return self.trainable.model
-
-
-# --- checks -----------------------------------------------------------------------------------
-
-
-def check(ft: FinetuneConfig, workdir: Workdir | None = None) -> None:
-  """Everything that can be checked before data is read."""
-  hint = ft.init_from_command
-  validation.check_loop_keys(ft)
-  if not ft.train_data:
-    raise ConfigError(
-      "train_data is empty; set --config.train_data=tsv:<path> (or csv:, jsonl:, conll:, ...)"
-    )
-  formats.check(ft.train_data, "train_data")
-  if ft.eval_data:
-    formats.check(ft.eval_data, "eval_data")
-  elif not 0 < ft.val_fraction < 1:
-    raise ConfigError(
-      f"val_fraction={ft.val_fraction}: with no eval_data, that share of train_data is the dev "
-      "set; use a fraction in (0, 1) or set --config.eval_data"
-    )
-  if ft.kfold == 1 or ft.kfold < 0:
-    raise ConfigError(f"kfold={ft.kfold}; use 0 (off) or 2 or more folds")
-  if ft.init_from.startswith("hf:"):  # a Hugging Face model folder (flaxlm.convert)
-    from flaxlm.convert import files
-
-    try:
-      files.read_config(ft.init_from[len("hf:") :])
-    except DataNotFoundError as e:
-      if not hint:
-        raise
-      raise DataNotFoundError(f"{e}; get it with: {hint}") from None
-  elif ft.init_from:
-    ckpts = Workdir(ft.init_from).checkpoints
-    if not ckpts.exists() or not any(ckpts.iterdir()):
-      fix = f"; create it with: {hint}" if hint else "; train one with train.py first"
-      raise DataNotFoundError(f"init_from={ft.init_from!r} holds no pretraining checkpoint{fix}")
-  else:
-    family = registry.family_of(ft.model_family)
-    config = registry.model_config(ft.model_family, ft.model_overrides)
-    validation.check_lengths(config, {"task.max_len": getattr(ft.task, "max_len", 0)})
-    validation.check_attention(config)
-    del family
-  validation.check_batches(
-    ft.batch_size, ft.eval_batch_size, ft.step.accum_steps, validation.make_mesh(ft.mesh)
-  )
-  if workdir is not None:
-    workdir.prepare()
-
-
-# --- data -------------------------------------------------------------------------------------
-
-
-def read_records(ft: FinetuneConfig) -> tuple[list[dict], list[dict]]:
-  """(train, dev) records; the dev set is eval_data, or a seeded val_fraction of train_data."""
-  c = ft.columns
-  train = formats.read(ft.train_data, c.word_index, c.tag_index, "train_data")
-  if ft.eval_data:
-    dev = formats.read(ft.eval_data, c.word_index, c.tag_index, "eval_data")
-  else:
-    order = np.random.default_rng(ft.seed).permutation(len(train))
-    cut = int(round(len(train) * ft.val_fraction))
-    dev = [train[i] for i in sorted(order[:cut])]
-    train = [train[i] for i in sorted(order[cut:])]
-  if not train:
-    raise DataError(f"train_data={ft.train_data!r} holds no records")
-  if not dev:
-    raise DataError("the dev set is empty; set --config.eval_data or raise val_fraction")
-  return train, dev
-
-
-def clean(task, records: list[dict], ft: FinetuneConfig, split: str) -> list[dict]:
-  """Drops empty and duplicate records (and, with max_tokens, over-long ones), and logs it."""
-  kept, seen, dropped = [], set(), {"empty": 0, "duplicate": 0, "too long": 0}
-  for r in records:
-    key = task.key(r)
-    flat = key if isinstance(key, tuple) else (key,)
-    if not any(str(x).strip() for x in flat if x is not None):
-      dropped["empty"] += 1
-      continue
-    if ft.drop_duplicates and split == "train" and key in seen:
-      dropped["duplicate"] += 1
-      continue
-    seen.add(key)
-    kept.append(r)
-  if ft.max_train_examples and split == "train":
-    kept = kept[: ft.max_train_examples]
-  if ft.max_eval_examples and split == "dev":
-    kept = kept[: ft.max_eval_examples]
-  log.info(
-    "%s: %d records kept of %d (dropped: %s)",
-    split,
-    len(kept),
-    len(records),
-    ", ".join(f"{n} {why}" for why, n in dropped.items() if n) or "none",
-  )
-  return kept
-
-
-def texts_for_tokenizer(task, records: list[dict]) -> list[str]:
-  """The training text a from-scratch tokenizer learns from."""
-  texts = []
-  for r in records:
-    key = task.key(r)
-    texts.append(" ".join(str(x) for x in (key if isinstance(key, tuple) else (key,)) if x))
-  return texts
 
 
 # --- model ------------------------------------------------------------------------------------
@@ -176,6 +72,7 @@ def build(task, family: str, model_config, ft: FinetuneConfig, mesh) -> Trainabl
     ft.step,
     lambda rng: model.init(rng, *example)["params"],
     frozen=frozen,
+    saves_frozen=not ft.lora.rank,  # a LoRA checkpoint names its base (frozen_base)
   )
   if ft.lora.rank:
     lora.check_targets(trainable.abstract_state.params, ft.lora)
@@ -224,6 +121,7 @@ def _meta(task, tokenizer, family, model_config, ft: FinetuneConfig, ft_json: di
     },
     "config": ft_json,
     "resume_keys": setting_values(ft, resume_keys(ft)),
+    "lora": dataclasses.asdict(ft.lora),  # what load rebuilds (adapters_from's settings too)
   }
 
 
@@ -231,12 +129,15 @@ def _meta(task, tokenizer, family, model_config, ft: FinetuneConfig, ft_json: di
 
 # Keys whose change would reinterpret a saved run (its data order, labels or model).
 RESUME_KEYS = ("task_name", "train_data", "eval_data", "val_fraction", "batch_size", "seed",
-               "max_train_examples", "drop_duplicates", "max_tokens", "init_from", "lora")  # fmt: skip
+               "max_train_examples", "drop_duplicates", "max_tokens", "init_from", "lora",
+               "adapters_from")  # fmt: skip
 
 
 def resume_keys(ft: FinetuneConfig) -> tuple[str, ...]:
-  """RESUME_KEYS, each field of the task's config, and the column mapping."""
-  return (*RESUME_KEYS, *(f"task.{f.name}" for f in dataclasses.fields(ft.task)), "columns")
+  """RESUME_KEYS, each field of the task's config, and the column mapping (not `lora` when
+  adapters_from sets it: the same adapters give the same settings)."""
+  keys = [k for k in RESUME_KEYS if not (k == "lora" and ft.adapters_from)]
+  return (*keys, *(f"task.{f.name}" for f in dataclasses.fields(ft.task)), "columns")
 
 
 def check_resume(meta: dict, ft: FinetuneConfig, directory) -> None:
@@ -314,18 +215,29 @@ def train(
     if ft.max_tokens:
       examples = [e for e in examples if task.tokens_per_example(e) <= ft.max_tokens]
     ft = _steps_for_epochs(ft, math.ceil(len(examples) / task.group))  # rows per epoch
+    adapters = {}
+    if ft.adapters_from:  # peft's adapters: their settings, and the arrays to start from
+      ft, adapters = _peft_adapters(ft, task, family, model_config, tokenizer)
     trainable = build(task, family, model_config, ft, mesh)
-    restored = ckpt.restore(trainable.abstract_state) if meta else None
+    restored = ckpt.restore(frozen_base.abstract(trainable, meta)) if meta else None
     overrides = None
     if pretrained is not None:
       overrides = transfer.backbone_overrides(
         trainable.abstract_state.params, pretrained, task.layout
       )
+    overrides = {**(overrides or {}), **adapters} or None
+    initial_state = lambda: trainable.init_state(ft.seed, overrides)
+    base = None
+    if not trainable.saves_frozen:  # LoRA: checkpoints name the base instead (frozen_base)
+      first = initial_state()
+      base = frozen_base.record(trainable, first.params, ft.init_from, ft.seed)
+      restored = restored and frozen_base.completed(trainable, restored, first.params, base)
+      initial_state = lambda: first
     max_width = getattr(task.config, "max_len", 0)
     dev = evaluation.eval_set(task, dev_records, ft.eval_batch_size, max_width)
     in_loop = evaluation.Remembered(task, trainable, dev)
     ft_json = config_json or {}
-    job_meta = _meta(task, tokenizer, family, model_config, ft, ft_json)
+    job_meta = _meta(task, tokenizer, family, model_config, ft, ft_json) | {"base": base}
     mean_tokens = float(np.mean([task.tokens_per_example(e) for e in examples]))
     dp = sharding.data_parallel_size(mesh)
     job = loop.Job(
@@ -335,7 +247,7 @@ def train(
       ),
       evaluate=lambda params: evaluation.scalars(in_loop.evaluate(params)),
       meta=lambda: job_meta,
-      initial_state=lambda: trainable.init_state(ft.seed, overrides),
+      initial_state=initial_state,
       tokens_per_step=int(ft.batch_size * mean_tokens) if task.reports_tokens else 0,
       examples_per_step=ft.batch_size * task.group,  # a packed row holds task.group examples
     )
@@ -354,7 +266,8 @@ def train(
   if jax.process_index() == 0:
     reporting.plot_learning_curve(workdir, task.metric_for(task.config))
   out.update(final)
-  out.update(model=Model(task, trainable, tokenizer, family, model_config, params, ft.lora))
+  model = Model(task, trainable, tokenizer, family, model_config, params, ft.lora, ft.init_from)
+  out.update(model=model)
   return out
 
 
@@ -365,7 +278,11 @@ def _backbone(ft: FinetuneConfig, cls, meta: dict | None, train_records: list[di
   if meta:  # resuming: the model, tokenizer and labels of the saved run
     family, tokenizer = meta["model_family"], tokenizers.tokenizer_from_json(meta["tokenizer"])
     base = registry.model_config(family, meta["model"])
-    return family, tokenizer, _model_config(ft, base, 0, 0), meta["task"]["labels"], None
+    # a LoRA run's checkpoints name their base: it is loaded again (frozen_base)
+    pretrained = None
+    if meta.get("base") and ft.init_from:
+      pretrained = transfer.load(ft.init_from, mesh, ft.init_from_command)
+    return family, tokenizer, _model_config(ft, base, 0, 0), meta["task"]["labels"], pretrained
   labels = cls.fit_labels(ft.task, ft.columns, train_records)
   if ft.init_from:
     pretrained = transfer.load(ft.init_from, mesh, ft.init_from_command)
@@ -379,23 +296,26 @@ def _backbone(ft: FinetuneConfig, cls, meta: dict | None, train_records: list[di
   return family, tokenizer, _model_config(ft, None, tokenizer.vocab_size, chars), labels, None
 
 
+def _peft_adapters(ft: FinetuneConfig, task, family: str, model_config, tokenizer):
+  """(ft with adapters_from's LoRA settings, {path: array} of its adapters and saved modules)."""
+  from flaxlm.convert import peft, tree
+
+  bare = task.model(registry.build_model(family, model_config))
+  shapes = {k: v.shape for k, v in tree.abstract_params(bare).items()}
+  source = ft.adapters_from[len("hf:") :]
+  config, arrays = peft.read_adapters(
+    source, family, model_config, shapes, tokenizer, task.layout.head
+  )
+  log.info("adapters_from %s: rank %d on %d projections", source, config.rank,
+           sum(k[-1].endswith("_lora_a") for k in arrays))  # fmt: skip
+  return dataclasses.replace(ft, lora=config), arrays
+
+
 def _final_evaluation(task, trainable, workdir, result, in_loop, dev) -> dict:
   """The best checkpoint's dev metrics: the last in-loop evaluation when it scored the
   params the run ends with (text included), else a fresh pass over the best params."""
   if in_loop.scored_final(result):
     return in_loop.last
-  best_params = restore_params(workdir.best, trainable)
-  params = best_params if best_params is not None else result.state.params
+  best = frozen_base.restore_params(workdir.best, trainable, lambda meta: result.state.params)
+  params = best[0] if best is not None else result.state.params
   return evaluation.evaluate(task, trainable, params, dev, generate=True)
-
-
-def restore_params(directory, trainable: Trainable):
-  """The params of the newest checkpoint in `directory` (a best/ folder), or None."""
-  if not Workdir(directory).path.exists():
-    return None
-  ckpt = Checkpointer(directory, async_save=False, create=False)
-  try:
-    restored = ckpt.restore({"params": trainable.abstract_state.params})
-  finally:
-    ckpt.close()
-  return None if restored is None else restored[1]["params"]

@@ -83,7 +83,14 @@ def with_adapters(model, config: LoraConfig):
   # Qwix scales by alpha / rank; rsLoRA's alpha / sqrt(rank) is that with alpha * sqrt(rank).
   alpha = config.scale * config.rank
   provider = qwix.LoraProvider(module_path=config.targets, rank=config.rank, alpha=alpha)
-  return qwix.apply_lora_to_model(model, provider)
+  return qwix.apply_lora_to_model(model, provider, methods=entry_methods(model))
+
+
+def entry_methods(model) -> tuple[str, ...]:
+  """The methods tasks and decoders call on a model (`apply(..., method=...)`): Qwix acts
+  only inside the ones it wraps, so an encoder-decoder's `encode` and `decode` (generation)
+  must be wrapped beside `__call__` (training)."""
+  return tuple(m for m in ("__call__", "encode", "decode") if hasattr(model, m))
 
 
 def _transpose_names_before_values(qwix) -> None:

@@ -50,8 +50,10 @@ class Projection(nn.Module):
       raise ValueError(f"{self.name}: axes {self.axes} do not name a kernel of shape {shape}")
     init = nn.with_logical_partitioning(nn.initializers.normal(self.init_std), self.axes)
     kernel = self.param("kernel", init, shape)
-    dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
-    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    quantized = not isinstance(kernel, jax.Array)  # Qwix's int8 array + scales (nn/quantize.py)
+    dtype = self.dtype or (x.dtype if quantized else jnp.result_type(x.dtype, kernel.dtype))
+    x = x.astype(dtype)
+    kernel = kernel if quantized else kernel.astype(dtype)  # dequantized inside dot_general
     dims = tuple(range(x.ndim - self.contract, x.ndim)), tuple(range(self.contract))
     y = jax.lax.dot_general(x, kernel, (dims, ((), ())))
     if self.use_bias:

@@ -200,20 +200,22 @@ def run(
       last.update(throughput.measure(), elapsed_sec=time.time() - started)
       if stopping:  # a preemption notice leaves seconds: save first, evaluate never
         writer.write(step, last)
-        ckpt.save(step, state, meta_now(step), force=True)
+        ckpt.save(step, job.trainable.to_checkpoint(state), meta_now(step), force=True)
         log.warning("received %s: saved step %d, exiting", stop.received, step)
         break
       if do_eval:
         with throughput.paused():
           last.update(job.evaluate(state.params))
           if best.update(step, last) and best_ckpt is not None:
-            best_ckpt.save(step, {"params": state.params}, meta_now(step), force=True)
+            params = job.trainable.saved_params(state.params)
+            best_ckpt.save(step, {"params": params}, meta_now(step), force=True)
         early_stopped = best.exhausted and not is_last
       writer.write(step, last)
       progress.update(step, last)
       if do_save or early_stopped:
         with throughput.paused():
-          ckpt.save(step, state, meta_now(step), force=is_last or early_stopped)
+          ckpt.save(step, job.trainable.to_checkpoint(state), meta_now(step),
+                    force=is_last or early_stopped)  # fmt: skip
       if early_stopped:
         log.info("early stopping at step %d: %s has not improved for %d evaluations (best "
                  "%.4f at step %d)", step, config.early_stopping.metric, best.evals_since,

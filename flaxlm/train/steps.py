@@ -99,6 +99,9 @@ class Trainable:
   step_config: StepConfig
   init_params: Callable[[jax.Array], Any]  # rng -> boxed params, e.g. model.init(...)['params']
   frozen: Callable[[tuple[str, ...]], bool] | None = None  # parameter path -> frozen?
+  # False: checkpoints hold the trained parameters only (a LoRA run's adapters and head); the
+  # frozen ones are rebuilt from where they came from (`with_frozen`).
+  saves_frozen: bool = True
 
   def __post_init__(self):
     rng = jax.random.PRNGKey(0)
@@ -122,9 +125,28 @@ class Trainable:
       self.state_shardings,
     )
 
+  @property
+  def abstract_checkpoint(self) -> TrainState:
+    """The abstract state a checkpoint holds (restore into this)."""
+    return self.to_checkpoint(self.abstract_state)
+
+  def to_checkpoint(self, state: TrainState) -> TrainState:
+    """What a checkpoint stores of `state`: all of it, or (saves_frozen=False) all but the
+    frozen parameters."""
+    return state.replace(params=self.saved_params(state.params))
+
+  def saved_params(self, params):
+    return params if self.saves_frozen else split_params(params, self.frozen_paths)[0]
+
+  def with_frozen(self, saved_params, frozen_from):
+    """The whole tree: `saved_params` (restored) + the frozen parameters of `frozen_from`."""
+    if self.saves_frozen:
+      return saved_params
+    return merge_params(saved_params, split_params(frozen_from, self.frozen_paths)[1])
+
   @classmethod
   def with_adamw(cls, model, optim_config: optim.OptimConfig, mesh, rules, loss, step_config,
-                 init_params, frozen=None) -> Trainable:  # fmt: skip
+                 init_params, frozen=None, saves_frozen=True) -> Trainable:  # fmt: skip
     """A Trainable with flaxlm's AdamW (weight decay by parameter role) and schedule."""
     return cls(
       model=model,
@@ -136,6 +158,7 @@ class Trainable:
       step_config=step_config,
       init_params=init_params,
       frozen=frozen,
+      saves_frozen=saves_frozen,
     )
 
   @contextlib.contextmanager

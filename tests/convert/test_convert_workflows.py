@@ -16,6 +16,7 @@ from hf_tiny import (
   apply_model,
   assert_same_ids,
   assert_same_tree,
+  bert_with_vocab,
   edited_copy,
   loads_cleanly,
   max_diff,
@@ -146,29 +147,13 @@ def test_finetune_from_hf_then_export_cli(tmp_path):
 
   from flaxlm.config import finetuning as config_finetune
   from flaxlm.convert.__main__ import main
-  from flaxlm.data.tokenizers import TokenizerConfig
-  from flaxlm.data.tokenizers.wordpiece import WordPieceTokenizer
   from flaxlm.finetuning import load as finetuned
   from flaxlm.finetuning import run as finetuning
   from flaxlm.tasks.base import encode_inputs
 
   texts = [t for _, t in sentiment_rows(64, 2)]
-  wp = WordPieceTokenizer.train(
-    texts, TokenizerConfig(kind="wordpiece", vocab_size=64, special_tokens="bert", lowercase=True)
-  )
   source = tmp_path / "hf_bert"
-  torch.manual_seed(5)
-  config = transformers.BertConfig(
-    vocab_size=wp.vocab_size,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=48,
-    max_position_embeddings=64,
-  )
-  transformers.BertForPreTraining(config).save_pretrained(source)
-  vocab = sorted(wp.tok.get_vocab().items(), key=lambda kv: kv[1])
-  (source / "vocab.txt").write_text("".join(piece + "\n" for piece, _ in vocab))
+  bert_with_vocab(source, texts)
 
   c = lstm_config(tmp_path, num_train_steps=6, eval_every=0, checkpoint_every=6)
   c.init_from = f"hf:{source}"

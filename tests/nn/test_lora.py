@@ -21,7 +21,7 @@ from flaxlm.nn import lora
 def trained_with_lora(tmp_path, monkeypatch, name, **lora_keys):
   """(initial params, fine-tuned model) of a two-step LoRA run of RUNS[name]."""
   c = run_config(tmp_path, name)
-  c.lora.update(dict(rank=2, alpha=4.0, targets=".*/(query|value)", **lora_keys))
+  c.lora.update({"rank": 2, "alpha": 4.0, "targets": ".*/(query|value)", **lora_keys})
   return trained_from(c, tmp_path / "workdir", monkeypatch)
 
 
@@ -133,3 +133,27 @@ def test_cli_export_merges_the_adapters_into_a_model_transformers_loads(tmp_path
   batch = {"inputs": ids, "segment_ids": np.ones_like(ids), "type_ids": np.zeros_like(ids)}
   ours = model.trainable.model.apply({"params": model.params}, batch)
   assert max_diff(ours, hf(input_ids=torch.tensor(ids)).logits) <= ATOL
+
+
+def test_encoder_decoder_generation_goes_through_the_adapters(tmp_path, monkeypatch):
+  """Generation calls `encode` and `decode`, not `__call__`: the adapters act there too (the
+  merged model encodes as the adapted one does)."""
+  _, model = trained_with_lora(tmp_path, monkeypatch, "seq2seq_t5", targets=".*/(query|value|wi)")
+  ids = np.asarray([model.tokenizer.encode("abc")], np.int32)
+  unadapted = model.task.model(registry.build_model(model.family, model.model_config))
+  merged = lora.merged(jax.device_get(model.params), model.lora)
+  adapted = model.trainable.model.apply(
+    {"params": model.params}, ids, np.ones_like(ids), method="encode"
+  )
+  plain = unadapted.apply({"params": merged}, ids, np.ones_like(ids), method="encode")
+  base = unadapted.apply(
+    {"params": without_adapters(model.params)}, ids, np.ones_like(ids), method="encode"
+  )
+  np.testing.assert_allclose(adapted, plain, atol=1e-5)
+  assert np.abs(np.asarray(adapted) - np.asarray(base)).max() > 1e-6  # the adapters matter
+
+
+def without_adapters(params):
+  """The tree without its adapters: the base model the run trained them on."""
+  flat = traverse_util.flatten_dict(jax.device_get(params))
+  return traverse_util.unflatten_dict({k: v for k, v in flat.items() if not lora.is_adapter(k)})
