@@ -41,6 +41,10 @@ _NEW = flags.DEFINE_integer("max_new_tokens", None, "evaluate/predict: tokens ge
 _NO_REPEAT = flags.DEFINE_integer(
   "no_repeat_ngram", None, "evaluate/predict, greedy: no n-gram of this size twice in an output."
 )
+_QUANTIZE = flags.DEFINE_enum(
+  "quantize", "", ["", "int8", "int4"],
+  "evaluate/predict: weight-only quantized projections (evaluate prints the float figures beside).",
+)  # fmt: skip
 cli.define_distributed_flags()
 
 
@@ -62,6 +66,22 @@ def decoding_overrides() -> dict:
     "no_repeat_ngram": _NO_REPEAT.value,
   }  # fmt: skip
   return {k: v for k, v in given.items() if v is not None}
+
+
+def quantized_summary(out: dict) -> str:
+  """One line: each metric of the quantized model beside the float model's, and the sizes."""
+  mode, floats, sizes = out["quantize"], out["float"], out["param_bytes"]
+  shown = [
+    f"{k} {out[k]:.4f} (float {floats[k]:.4f}, {out[k] - floats[k]:+.4f})"
+    for k in sorted(floats)
+    if k.startswith("eval_") and isinstance(floats[k], float) and k in out
+  ]
+  mb = {k: v / 2**20 for k, v in sizes.items()}
+  return (
+    f"{mode} weights: "
+    + "; ".join(shown)
+    + (f"; parameters {mb[mode]:.1f} MiB (float {mb['float']:.1f} MiB)")
+  )
 
 
 def _cross_validate(ft, workdir: str, config_json: dict) -> None:
@@ -96,12 +116,16 @@ def main(argv):
   columns, task = column_overrides(argv), decoding_overrides()
   with cli.user_errors("finetune.py"):
     if _MODE.value == "evaluate":
-      out = finetuned.evaluate(workdir, _EVAL_DATA.value, columns, _BATCH.value, task)
+      out = finetuned.evaluate(
+        workdir, _EVAL_DATA.value, columns, _BATCH.value, task, _QUANTIZE.value
+      )
+      if _QUANTIZE.value and jax.process_index() == 0:
+        print(quantized_summary(out))
     else:
       if not _OUTPUT.value:
         sys.exit("finetune.py: --mode=predict needs --output=<file.jsonl>")
       count = finetuned.predict(
-        workdir, _EVAL_DATA.value, _OUTPUT.value, columns, _BATCH.value, task
+        workdir, _EVAL_DATA.value, _OUTPUT.value, columns, _BATCH.value, task, _QUANTIZE.value
       )
       out = {"num_examples": count, "output": _OUTPUT.value}
   if jax.process_index() == 0:

@@ -22,8 +22,11 @@ The tokenizer and model config are read from the checkpoint, never from the curr
 flaxlm.convert, with the tokenizer it ships.
 """
 
+import math
 import sys
 
+import jax.numpy as jnp
+import optax
 from absl import flags
 
 from flaxlm import cli
@@ -32,7 +35,9 @@ from flaxlm.decode.sampling import SamplingConfig, beam_texts, sample_texts
 from flaxlm.errors import ConfigError, DataError
 from flaxlm.finetuning import load as finetuned
 from flaxlm.models import registry
+from flaxlm.nn import quantize
 from flaxlm.pretraining.load import load_trained, saved_family
+from flaxlm.train import ptq
 
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "a train.py workdir holding checkpoints/, or hf:<Hugging Face folder>."
@@ -61,6 +66,10 @@ _NO_REPEAT = flags.DEFINE_integer(
   "no_repeat_ngram", 0, "decoders, without beams: no n-gram of this size twice in an output."
 )
 _ALPHA = flags.DEFINE_float("alpha", 0.6, "beam length penalty ((5 + len) / 6) ** alpha.")
+_QUANTIZE = flags.DEFINE_enum(
+  "quantize", "", ["", "int8", "int4"],
+  "weight-only quantized projections; decoders print the prompts' perplexity beside the float one.",
+)  # fmt: skip
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "beam search: prompts or sources per batch.")
 
 
@@ -139,6 +148,43 @@ def _refuse(trainable, params, tokenizer):
   )
 
 
+def _quantized(trainable, params, tokenizer, kind: str, model=None):
+  """(trainable, params) with --quantize's weights, after one line comparing them with the
+  float model: parameter bytes, and for decoders the perplexity of the prompts."""
+  mode = _QUANTIZE.value
+  if _BF16.value:
+    raise ConfigError("--bf16 and --quantize each choose the weights' type; drop one")
+  if model is not None:  # a fine-tune: LoRA adapters are merged first
+    q = finetuned.quantized(model, mode)
+    qtrainable, qparams = q.trainable, q.params
+  else:
+    qtrainable, qparams = ptq.quantized(trainable, params, mode)
+  mib = lambda tree: quantize.weight_bytes(tree) / 2**20
+  line = f"{mode} weights: parameters {mib(qparams):.1f} MiB (float {mib(params):.1f} MiB)"
+  prompts = _read_lines(_PROMPT_FILE.value) if _PROMPT_FILE.value else _PROMPT.value
+  if kind == "decoder" and prompts:
+    floats = _perplexity(trainable, params, tokenizer, prompts)
+    quants = _perplexity(qtrainable, qparams, tokenizer, prompts)
+    line += (f"; perplexity of the prompts {quants:.3f} (float {floats:.3f}, "
+             f"{100 * (quants / floats - 1):+.2f}%)")  # fmt: skip
+  print(line)
+  return qtrainable, qparams
+
+
+def _perplexity(trainable, params, tokenizer, texts: list[str]) -> float:
+  """exp(mean next-token NLL) over the tokens of `texts` (each scored on its own)."""
+  nll, count = 0.0, 0
+  for text in texts:
+    ids = jnp.asarray([tokenizer.encode(text)], jnp.int32)
+    if ids.shape[1] < 2:
+      continue
+    with trainable.context():
+      logits = trainable.model.apply({"params": params}, ids[:, :-1])
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:])
+    nll, count = nll + float(losses.sum()), count + losses.size
+  return math.exp(nll / max(count, 1))
+
+
 # How each kind of model (registry.Family.kind) generates.
 GENERATORS = {"decoder": _continue, "encdec": _translate, "encoder": _refuse}
 
@@ -158,9 +204,13 @@ def main(argv):
       trainable, params, tokenizer = model.trainable, model.params, model.tokenizer
       family = model.family
     else:
+      model = None
       trainable, params, tokenizer = load_trained(_WORKDIR.value)
       family = saved_family(_WORKDIR.value)
-    GENERATORS[registry.family_of(family).kind](trainable, params, tokenizer)
+    kind = registry.family_of(family).kind
+    if _QUANTIZE.value and kind != "encoder":
+      trainable, params = _quantized(trainable, params, tokenizer, kind, model)
+    GENERATORS[kind](trainable, params, tokenizer)
 
 
 if __name__ == "__main__":

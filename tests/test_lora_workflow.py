@@ -1,6 +1,6 @@
 """A decoder fine-tuned with LoRA as a user runs it: train.py pretrains a tiny LLaMA-style
 GPT, finetune.py instruction-tunes it with adapters on every linear layer, generate.py decodes
-from the LoRA workdir, and `python -m flaxlm.convert export` writes it merged and as peft
+from the LoRA workdir (float and int8), and `python -m flaxlm.convert export` writes it merged and as peft
 adapters; transformers (merged) and transformers + peft (the exported base + the adapters)
 give flaxlm's logits."""
 
@@ -50,6 +50,11 @@ def test_decoder_sft_with_lora_generates_and_exports_for_transformers_and_peft(s
   done = scripts.run("generate.py", f"--workdir={workdir}", "--prompt=say hi", "--greedy",
                      "--max_new_tokens=4", tiny=False)  # fmt: skip
   assert done.returncode == 0 and done.stdout.strip(), done.stderr[-3000:]
+  done = scripts.run("generate.py", f"--workdir={workdir}", "--prompt=say hi", "--greedy",
+                     "--max_new_tokens=4", "--quantize=int8", tiny=False)  # fmt: skip
+  assert done.returncode == 0, done.stderr[-3000:]
+  line = done.stdout.splitlines()[0]  # adapters merged, then int8: its size and perplexity
+  assert line.startswith("int8 weights: parameters") and "perplexity of the prompts" in line
   convert = ("-m", "flaxlm.convert", "export")
   for args in ((workdir, "merged"), (workdir, "adapters", "--adapters"), (base, "base_hf")):
     out = scripts.run((*convert, str(args[0]), str(tmp_path / args[1]), *args[2:]), tiny=False)

@@ -21,10 +21,10 @@ from flaxlm.errors import CheckpointMismatchError, DataError, DataNotFoundError,
 from flaxlm.finetuning import evaluation, frozen_base
 from flaxlm.finetuning.run import Model, build
 from flaxlm.models import registry
-from flaxlm.nn import sharding
+from flaxlm.nn import lora, quantize, sharding
 from flaxlm.nn.lora import LoraConfig
 from flaxlm.tasks import Columns, Task, config_from_block, task_class
-from flaxlm.train import reporting
+from flaxlm.train import ptq, reporting
 from flaxlm.train.checkpoint import Checkpointer
 from flaxlm.workdir import Workdir
 
@@ -96,6 +96,17 @@ def load(workdir, mesh=None, columns: dict | None = None, task: dict | None = No
   return Model(task_obj, trainable, tokenizer, family, model_config, params, adapters, init_from)
 
 
+def quantized(model: Model, mode: str) -> Model:
+  """`model` with weight-only `mode` ('int8' | 'int4') projections (`flaxlm.nn.quantize`); a
+  LoRA model's adapters are merged into its kernels first."""
+  params, module = model.params, None
+  if model.lora.rank:
+    params = lora.merged(jax.device_get(params), model.lora)
+    module = model.task.model(registry.build_model(model.family, model.model_config))
+  trainable, qparams = ptq.quantized(model.trainable, params, mode, module)
+  return dataclasses.replace(model, trainable=trainable, params=qparams, lora=LoraConfig())
+
+
 def load_hf(path: str, task: str = "", num_labels: int = 0, labels=None, mesh=None, seed=0):
   """A Hugging Face model folder as flaxlm sees it. Without `task`: `flaxlm.convert.Imported`
   (family, model_config, params, tokenizer; `.model()` is its module). With a flaxlm task
@@ -149,10 +160,20 @@ def _eval_batch_size(model: Model, requested: int) -> int:
 
 
 def evaluate(
-  workdir, eval_data: str, columns: dict | None = None, batch_size: int = 32, task=None
+  workdir,
+  eval_data: str,
+  columns: dict | None = None,
+  batch_size: int = 32,
+  task=None,
+  quantize_to: str = "",
 ) -> dict:
   """Metrics of a workdir's best checkpoint on `eval_data` (written to eval_<name>.json);
-  `columns` and `task` override the saved column mapping and task fields (see `load`)."""
+  `columns` and `task` override the saved column mapping and task fields (see `load`).
+  `quantize_to` ('int8' | 'int4'): the metrics of the weight-only quantized model (written to
+  eval_<name>_<mode>.json), with the float model's beside them under 'float' and the bytes of
+  both models' parameters under 'param_bytes'."""
+  if quantize_to:
+    quantize.check_mode(quantize_to)
   formats.check(eval_data, "eval_data")
   model = load(workdir, columns=columns, task=task)
   c = model.task.columns
@@ -163,7 +184,19 @@ def evaluate(
   data = evaluation.eval_set(model.task, records, _eval_batch_size(model, batch_size), width)
   metrics = evaluation.evaluate(model.task, model.trainable, model.params, data, generate=True)
   workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
-  reporting.write_eval_report(workdir, reporting.data_name(eval_data), metrics, model.task.labels)
+  name = reporting.data_name(eval_data)
+  if quantize_to:
+    q = quantized(model, quantize_to)
+    floats = metrics
+    metrics = evaluation.evaluate(q.task, q.trainable, q.params, data, generate=True)
+    sizes = {
+      "float": quantize.weight_bytes(model.params),
+      quantize_to: quantize.weight_bytes(q.params),
+    }
+    name = f"{name}_{quantize_to}"
+  reporting.write_eval_report(workdir, name, metrics, model.task.labels)
+  if quantize_to:
+    metrics = {**metrics, "quantize": quantize_to, "float": floats, "param_bytes": sizes}
   return metrics
 
 
@@ -174,11 +207,16 @@ def predict(
   columns: dict | None = None,
   batch_size: int = 32,
   task=None,
+  quantize_to: str = "",
 ) -> int:
-  """Writes one JSON object per record of `eval_data` to `output`; returns how many."""
+  """Writes one JSON object per record of `eval_data` to `output`; returns how many.
+  `quantize_to` ('int8' | 'int4'): predicted by the weight-only quantized model."""
+  if quantize_to:
+    quantize.check_mode(quantize_to)
   formats.check(eval_data, "eval_data")
   _prepare_output(output)
   model = load(workdir, columns=columns, task=task)
+  model = quantized(model, quantize_to) if quantize_to else model
   c = model.task.columns
   records = formats.read(eval_data, c.word_index, c.tag_index, "eval_data")
   width = getattr(model.task.config, "max_len", 0)

@@ -30,7 +30,7 @@ from flaxlm.pretraining import transfer
 from flaxlm.tasks import task_class
 from flaxlm.train import loop, reporting, validation
 from flaxlm.train.checkpoint import Checkpointer
-from flaxlm.train.steps import Trainable
+from flaxlm.train.steps import ModelInit, Trainable
 from flaxlm.workdir import Workdir, WorkdirLock
 
 log = logging.getLogger("flaxlm")
@@ -70,7 +70,7 @@ def build(task, family: str, model_config, ft: FinetuneConfig, mesh) -> Trainabl
     sharding.rules_from_config(ft.logical_axis_rules),
     task.loss,
     ft.step,
-    lambda rng: model.init(rng, *example)["params"],
+    ModelInit(model, tuple(example)),
     frozen=frozen,
     saves_frozen=not ft.lora.rank,  # a LoRA checkpoint names its base (frozen_base)
   )

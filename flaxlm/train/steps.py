@@ -44,9 +44,22 @@ def init_inputs(batch_size: int, seq_len: int) -> jax.Array:
   return jnp.zeros((batch_size, seq_len), jnp.int32)
 
 
-def token_init(model: nn.Module, batch_size: int, seq_len: int) -> Callable:
+@dataclasses.dataclass(frozen=True)
+class ModelInit:
+  """`Trainable.init_params` of a module called on example inputs: rng -> boxed params. A
+  dataclass, not a lambda, so that a wrapped module (Qwix's quantized one, train/ptq.py) can
+  be initialized on the same inputs."""
+
+  model: nn.Module
+  inputs: tuple
+
+  def __call__(self, rng):
+    return self.model.init(rng, *self.inputs)["params"]
+
+
+def token_init(model: nn.Module, batch_size: int, seq_len: int) -> ModelInit:
   """`Trainable.init_params` for a model called on token ids alone (language models)."""
-  return lambda rng: model.init(rng, init_inputs(batch_size, seq_len))["params"]
+  return ModelInit(model, (init_inputs(batch_size, seq_len),))
 
 
 def split_params(params, frozen: frozenset):
