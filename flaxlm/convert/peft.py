@@ -28,7 +28,7 @@ from flax import traverse_util
 from flaxlm.convert import files
 from flaxlm.convert.api import hf_tensors
 from flaxlm.errors import CheckpointMismatchError, ConfigError, DataNotFoundError
-from flaxlm.nn import lora
+from flaxlm.nn import lora, quantize
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 PREFIX = "base_model.model."  # peft's wrapper around the transformers model
@@ -77,7 +77,7 @@ def export_adapters(
   trained parameters (`trained(path)`: the saved modules) whole. `task`: the head kind as
   `export_hf` takes it; `base`: the base model's name or folder, recorded for peft users.
   Returns the adapter config."""
-  flat = traverse_util.flatten_dict(jax.device_get(params))
+  flat = traverse_util.flatten_dict(jax.device_get(quantize.dequantized(params)))  # QLoRA
   pairs = {
     (*k[:-1], k[-1][: -len(lora.ADAPTERS[0])]): (flat[k], flat[(*k[:-1], k[-1][:-1] + "b")])
     for k in flat

@@ -60,9 +60,14 @@ class Model:
 def build(task, family: str, model_config, ft: FinetuneConfig, mesh) -> Trainable:
   model = task.model(registry.build_model(family, model_config))
   frozen = task.layout.frozen if ft.freeze_backbone else None
-  if ft.lora.rank:  # the base frozen: only adapters and the saved modules train
-    model, frozen = lora.with_adapters(model, ft.lora), lora.frozen(ft.lora, task.layout.is_head)
   example = task.init_batch(sharding.data_parallel_size(mesh))
+  if ft.lora.rank:  # the base frozen: only adapters and the saved modules train
+    frozen = lora.frozen(ft.lora, task.layout.is_head)
+    shapes = None
+    if ft.lora.quantize_base:  # QLoRA groups 4-bit scales by each kernel's input rows
+      shapes = jax.eval_shape(ModelInit(model, tuple(example)), jax.random.PRNGKey(0))
+      shapes = sharding.strip_axes(shapes)
+    model = lora.with_adapters(model, ft.lora, shapes, lambda path: not frozen(path))
   trainable = Trainable.with_adamw(
     model,
     ft.optim,

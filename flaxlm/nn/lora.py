@@ -26,6 +26,7 @@ import numpy as np
 from flax import traverse_util
 
 from flaxlm.errors import ConfigError
+from flaxlm.nn import quantize
 
 ADAPTERS = ("_lora_a", "_lora_b")  # Qwix's suffixes of a kernel's adapter pair
 Path = tuple[str, ...]
@@ -41,6 +42,9 @@ class LoraConfig:
   # attention) or '.*/(query|key|value|out|wi|wi_up|wo)' (every linear layer of the blocks).
   targets: str = ".*/(query|value)"
   rslora: bool = False  # rank-stabilized scaling alpha / sqrt(rank)
+  # QLoRA: the frozen base's kernels held as 'int8' (per output channel), 'int4' or 'nf4'
+  # (scales per 128 input rows) and dequantized inside each matmul; '' = float.
+  quantize_base: str = ""
   # Parameters trained in full beside the adapters: a regex over parameter paths ('/'-joined,
   # e.g. 'classifier/.*'); '' = the task head (a new head must learn from scratch).
   modules_to_save: str = ""
@@ -56,6 +60,12 @@ class LoraConfig:
         "does not offer it yet; set --config.lora.dropout=0 (the task's dropout_rate still "
         "regularizes the head)"
       )
+    if self.quantize_base not in ("", "int8", "int4", "nf4"):
+      raise ConfigError(
+        f"lora.quantize_base={self.quantize_base!r}; choose 'int8', 'int4' or 'nf4' ('' = float)"
+      )
+    if self.quantize_base and not self.rank:
+      raise ConfigError("lora.quantize_base (QLoRA) needs adapters: set lora.rank, e.g. 8")
     for key in ("targets", "modules_to_save"):
       try:
         re.compile(getattr(self, key))
@@ -71,8 +81,10 @@ def is_adapter(path: Path) -> bool:
   return path[-1].endswith(ADAPTERS)
 
 
-def with_adapters(model, config: LoraConfig):
-  """`model` with an adapter pair beside every kernel that `config.targets` matches."""
+def with_adapters(model, config: LoraConfig, kernel_shapes=None, is_trained=None):
+  """`model` with an adapter pair beside every kernel that `config.targets` matches; with
+  `quantize_base` (QLoRA), every frozen kernel held quantized (`kernel_shapes`: the plain
+  model's parameter shapes; `is_trained(path)`: the saved modules, kept float)."""
   try:
     import qwix
   except ImportError:
@@ -83,14 +95,28 @@ def with_adapters(model, config: LoraConfig):
   # Qwix scales by alpha / rank; rsLoRA's alpha / sqrt(rank) is that with alpha * sqrt(rank).
   alpha = config.scale * config.rank
   provider = qwix.LoraProvider(module_path=config.targets, rank=config.rank, alpha=alpha)
-  return qwix.apply_lora_to_model(model, provider, methods=entry_methods(model))
+  if config.quantize_base:
+    provider = qwix.LoraProvider(_qlora_rules(qwix, config, alpha, kernel_shapes, is_trained))
+  return qwix.apply_lora_to_model(model, provider, methods=quantize.entry_methods(model))
 
 
-def entry_methods(model) -> tuple[str, ...]:
-  """The methods tasks and decoders call on a model (`apply(..., method=...)`): Qwix acts
-  only inside the ones it wraps, so an encoder-decoder's `encode` and `decode` (generation)
-  must be wrapped beside `__call__` (training)."""
-  return tuple(m for m in ("__call__", "encode", "decode") if hasattr(model, m))
+def _qlora_rules(qwix, config: LoraConfig, alpha: float, kernel_shapes, is_trained) -> list:
+  """QLoRA: the targeted kernels quantized under their adapters, the other frozen kernels
+  quantized alone (Qwix takes a module's first matching rule); trained ones (the head) stay
+  float."""
+  if kernel_shapes is None:
+    raise ValueError("QLoRA needs the model's kernel shapes (to group 4-bit scales)")
+  mode = config.quantize_base
+  paths = {p for ps in quantize.kernel_groups(kernel_shapes, mode).values() for p in ps}
+  targeted = {p for p in paths if re.fullmatch(config.targets, p)}
+  frozen_only = {p for p in paths - targeted if not is_trained((*p.split("/"), "kernel"))}
+  rules = []
+  for group, ps in quantize.kernel_groups(kernel_shapes, mode, targeted).items():
+    rules.append(qwix.LoraRule(module_path=quantize.pattern(ps), rank=config.rank, alpha=alpha,
+                               weight_qtype=mode, tile_size=group))  # fmt: skip
+  for group, ps in quantize.kernel_groups(kernel_shapes, mode, frozen_only).items():
+    rules.append(qwix.QtRule(module_path=quantize.pattern(ps), weight_qtype=mode, tile_size=group))
+  return rules
 
 
 def _transpose_names_before_values(qwix) -> None:
@@ -148,7 +174,7 @@ def check_targets(params: Mapping, config: LoraConfig) -> None:
 def merged(params: Mapping, config: LoraConfig) -> dict:
   """The same tree with every adapter pair folded into its kernel (kernel + a @ b * scale, in
   the kernel's shape) and the adapters dropped: an ordinary model's parameters."""
-  flat = dict(traverse_util.flatten_dict(params))
+  flat = dict(traverse_util.flatten_dict(quantize.dequantized(params)))  # a QLoRA base: float
   for path in [k for k in flat if k[-1].endswith(ADAPTERS[0])]:
     name = path[-1][: -len(ADAPTERS[0])]
     a, b = flat.pop(path), flat.pop((*path[:-1], name + ADAPTERS[1]))

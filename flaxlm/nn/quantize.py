@@ -23,10 +23,16 @@ import numpy as np
 from flax import traverse_util
 
 from flaxlm.errors import ConfigError
-from flaxlm.nn import lora
 
 MODES = ("int8", "int4")
 INT4_GROUP = 128  # input rows per int4 scale (fewer if the input axis is shorter)
+
+
+def entry_methods(model) -> tuple[str, ...]:
+  """The methods tasks and decoders call on a model (`apply(..., method=...)`): Qwix acts
+  only inside the ones it wraps, so an encoder-decoder's `encode` and `decode` (generation)
+  must be wrapped beside `__call__` (training)."""
+  return tuple(m for m in ("__call__", "encode", "decode") if hasattr(model, m))
 
 
 def check_mode(mode: str) -> None:
@@ -34,28 +40,56 @@ def check_mode(mode: str) -> None:
     raise ConfigError(f"--quantize={mode!r}; choose one of {list(MODES)} ('' = float weights)")
 
 
-def projections(params: Mapping) -> str:
-  """A regex matching exactly the module paths that own a kernel (Qwix's module_path)."""
-  flat = traverse_util.flatten_dict(params)
-  paths = sorted({"/".join(k[:-1]) for k in flat if k[-1] == "kernel"})
-  return "|".join(re.escape(p) for p in paths)
+def kernel_groups(params: Mapping, mode: str, paths=None) -> dict[int | None, list[str]]:
+  """{int4/nf4 group size (None: one scale per output channel, int8): [module paths]} of the
+  kernels of `params` (arrays or shapes), those among `paths` if given. 4-bit weights get a
+  scale per INT4_GROUP input rows, or per gcd(INT4_GROUP, rows) for a shorter input axis."""
+  out: dict[int | None, list[str]] = {}
+  for k, v in traverse_util.flatten_dict(params).items():
+    path = "/".join(k[:-1])
+    if k[-1] != "kernel" or (paths is not None and path not in paths):
+      continue
+    group = None if mode == "int8" else int(np.gcd(INT4_GROUP, v.shape[0]))
+    out.setdefault(group, []).append(path)
+  return out
+
+
+def pattern(paths) -> str:
+  """A regex matching exactly `paths` (Qwix's module_path); one that matches nothing if none."""
+  return "|".join(re.escape(p) for p in sorted(paths)) or "(?!)"
 
 
 def _rules(qwix, params: Mapping, mode: str) -> list:
-  if mode == "int8":
-    return [qwix.QtRule(module_path=projections(params), weight_qtype="int8")]
-  # int4 groups along the input axis: one rule per group size, as a short input axis (a
-  # tiny model's, or attention's out kernel over heads) holds fewer than INT4_GROUP rows.
-  flat = traverse_util.flatten_dict(params)
-  by_group: dict[int, list[str]] = {}
-  for k, v in flat.items():
-    if k[-1] == "kernel":
-      group = int(np.gcd(INT4_GROUP, v.shape[0]))
-      by_group.setdefault(group, []).append(re.escape("/".join(k[:-1])))
   return [
-    qwix.QtRule(module_path="|".join(paths), weight_qtype="int4", tile_size=group)
-    for group, paths in sorted(by_group.items())
+    qwix.QtRule(module_path=pattern(paths), weight_qtype=mode, tile_size=group)
+    for group, paths in sorted(kernel_groups(params, mode).items(), key=str)
   ]
+
+
+def is_quantized(x) -> bool:
+  """A Qwix quantized kernel (`WithAux(QArray)`) rather than an array."""
+  return hasattr(x, "how") and hasattr(x, "array")
+
+
+def like(template, value):
+  """Float `value` in the form of the parameter `template`: quantized as it is (a QLoRA
+  base's kernel, from a pretrained checkpoint), or cast to its dtype."""
+  if not is_quantized(template):
+    return value.astype(template.dtype)
+  import qwix
+
+  return qwix.quantize_params({"w": value}, {"w": template})["w"]
+
+
+def dequantized(params):
+  """The tree with every quantized kernel back in float (export, merging adapters)."""
+  if not any(is_quantized(x) for x in jax.tree.leaves(params, is_leaf=is_quantized)):
+    return params
+  import qwix
+
+  return jax.tree.map(
+    lambda x: qwix.dequantize(x.array) if is_quantized(x) else x, params, is_leaf=is_quantized
+  )
 
 
 def quantized_model(model, params: Mapping, mode: str):
@@ -68,7 +102,7 @@ def quantized_model(model, params: Mapping, mode: str):
       "--quantize needs Qwix: pip install 'flaxlm[lora]' (or pip install qwix)"
     ) from None
   provider = qwix.PtqProvider(_rules(qwix, params, mode))
-  return qwix.quantize_model(model, provider, methods=lora.entry_methods(model))
+  return qwix.quantize_model(model, provider, methods=entry_methods(model))
 
 
 def quantize(params, abstract_quantized):

@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from flaxlm.config import StepConfig  # noqa: F401  (re-exported: steps take it)
-from flaxlm.nn import sharding
+from flaxlm.nn import quantize, sharding
 from flaxlm.train import optim
 
 
@@ -184,7 +184,7 @@ class Trainable:
     params = nn.meta.unbox(self.init_params(rng))
     if overrides:
       flat = traverse_util.flatten_dict(params)
-      flat.update({k: v.astype(flat[k].dtype) for k, v in overrides.items()})
+      flat.update({k: quantize.like(flat[k], v) for k, v in overrides.items()})
       params = traverse_util.unflatten_dict(flat)
     train, _ = split_params(params, self.frozen_paths)
     return TrainState(

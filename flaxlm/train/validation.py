@@ -5,7 +5,6 @@ call these; what only one of them needs lives with it."""
 from __future__ import annotations
 
 import jax
-from flax import traverse_util
 
 from flaxlm import objectives
 from flaxlm.data import spec
@@ -39,16 +38,16 @@ def check_batches(batch_size: int, eval_batch_size: int, accum_steps: int, mesh)
 
 def check_divisible(trainable) -> None:
   """Every parameter dimension divides by the mesh axes its logical name maps to."""
-  flat_shapes = traverse_util.flatten_dict(trainable.abstract_state.params)
-  flat_shardings = traverse_util.flatten_dict(trainable.param_shardings)
-  for path, leaf in flat_shapes.items():
-    s = flat_shardings[path]
+  # leaves, not flattened dicts: a quantized kernel (QLoRA) is a pytree of values and scales
+  shapes = jax.tree_util.tree_leaves_with_path(trainable.abstract_state.params)
+  for (path, leaf), s in zip(shapes, jax.tree.leaves(trainable.param_shardings), strict=True):
     try:
       s.shard_shape(leaf.shape)
     except ValueError:
       axes = dict(trainable.mesh.shape)
+      name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
       raise ConfigError(
-        f"parameter {'/'.join(path)} {tuple(leaf.shape)} cannot be split as {s.spec} over mesh "
+        f"parameter {name} {tuple(leaf.shape)} cannot be split as {s.spec} over mesh "
         f"{axes}: a dimension does not divide by its mesh axis; change --config.mesh or the "
         "model size (e.g. num_kv_heads divisible by mesh.tensor)"
       ) from None

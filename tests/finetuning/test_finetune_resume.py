@@ -58,8 +58,8 @@ def task_args(tmp, task: str) -> list[str]:
   if task in ("classification", "padding_free", "lora"):
     bert = ["--config=" + files(tmp, "padding_free.py", PADDING_FREE_CONFIG)]
     model = bert if task in ("padding_free", "lora") else lstm_args(tmp)
-    if task == "lora":  # the BERT frozen, adapters on q and v and the head trained
-      model += ["--config.lora.rank=4", "--config.lora.alpha=8"]
+    if task == "lora":  # QLoRA: the BERT frozen in int8, adapters on q and v, the head trained
+      model += ["--config.lora.rank=4", "--config.lora.alpha=8", "--config.lora.quantize_base=int8"]
     text = "label\ttext\n" + "".join(
       f"{i % 2}\t{'good' if i % 2 else 'bad'} film {i}\n" for i in range(64)
     )

@@ -15,7 +15,7 @@ from flaxlm.errors import ConfigError
 from flaxlm.finetuning import load as finetuned
 from flaxlm.finetuning import run as finetuning
 from flaxlm.models import registry
-from flaxlm.nn import lora
+from flaxlm.nn import lora, quantize
 
 
 def trained_with_lora(tmp_path, monkeypatch, name, **lora_keys):
@@ -157,3 +157,37 @@ def without_adapters(params):
   """The tree without its adapters: the base model the run trained them on."""
   flat = traverse_util.flatten_dict(jax.device_get(params))
   return traverse_util.unflatten_dict({k: v for k, v in flat.items() if not lora.is_adapter(k)})
+
+
+@pytest.mark.parametrize("mode, tolerance", [("int8", 0.03), ("nf4", 0.3)])
+def test_qlora_holds_the_frozen_base_quantized_and_bit_identical(mode, tolerance, tmp_path,
+                                                                 monkeypatch):  # fmt: skip
+  """QLoRA: every frozen kernel int8 or 4-bit (nf4), the head and adapters float; after
+  steps the quantized base is unchanged; its first outputs within `tolerance` (of the largest
+  logit) of the float base's; merged (dequantized base + adapters) equals adapted."""
+  init, model = trained_with_lora(tmp_path, monkeypatch, "token_gpt", quantize_base=mode)
+  is_q = quantize.is_quantized
+  leaves = lambda tree: jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_q)[0]
+  kernels = [
+    (p, x) for p, x in leaves(model.params) if jax.tree_util.keystr(p).endswith("['kernel']")
+  ]
+  head = [p for p, x in kernels if "classifier" in jax.tree_util.keystr(p)]
+  assert head and all(not is_q(x) for p, x in kernels if p in head)
+  frozen = [x for p, x in kernels if p not in head]
+  assert frozen and all(is_q(x) and x.how.qtype == mode for x in frozen)
+  before = dict(leaves(init))
+  for path, x in leaves(model.params):
+    if is_q(x):
+      np.testing.assert_array_equal(before[path].array.qvalue, x.array.qvalue)
+  ids = np.asarray([model.tokenizer.encode("the EU rejects")], np.int32)
+  batch = {"inputs": ids, "segment_ids": np.ones_like(ids), "type_ids": np.zeros_like(ids)}
+  unadapted = model.task.model(registry.build_model(model.family, model.model_config))
+  base = without_adapters(lora.merged(init, model.lora))  # B = 0 at the start
+  start = model.trainable.model.apply({"params": jax.tree.map(jnp.asarray, init)}, batch)
+  unquantized = unadapted.apply({"params": base}, batch)
+  assert np.abs(start - unquantized).max() <= tolerance * np.abs(unquantized).max()
+  np.testing.assert_allclose(
+    unadapted.apply({"params": lora.merged(model.params, model.lora)}, batch),
+    model.trainable.model.apply({"params": model.params}, batch),
+    atol=1e-5,
+  )
