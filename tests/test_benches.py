@@ -1,5 +1,5 @@
-"""bench/accelerator.py --smoke: the accelerator benchmark's script runs end to end on CPU (a
-tiny shape; reference einsum vs the splash kernel in the Pallas interpreter)."""
+"""The benchmarks' scripts run end to end on CPU at a tiny shape (--smoke): bench/accelerator.py
+(reference einsum vs the splash kernel in the Pallas interpreter) and bench/decode.py."""
 
 import json
 import math
@@ -19,3 +19,17 @@ def test_accelerator_bench_smoke(scripts):
   # Same weights, same batch: the first loss does not depend on the attention kernel.
   assert rows[0]["first_loss"] == pytest.approx(rows[1]["first_loss"], rel=1e-5)
   assert rows[1]["mfu_maxtext"] is None and rows[0]["last_loss"] < rows[0]["first_loss"]
+
+
+@pytest.mark.slow  # ~30 s: HF generate and three flaxlm decoders of a 2-layer, 64-wide GPT-2
+def test_decode_bench_smoke(scripts):
+  proc = scripts.run("bench/decode.py", "--smoke", tiny=False, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["read_gb_s"] > 0
+  for batch in ("batch_1", "batch_8"):
+    engines = out[batch]
+    assert set(engines) == {"hf_f32", "flaxlm_f32", "flaxlm_bf16", "flaxlm_int8"}
+    assert engines["hf_f32"]["vs_hf"] == 1.0
+    f32, int8 = engines["flaxlm_f32"]["mb_per_step"], engines["flaxlm_int8"]["mb_per_step"]
+    assert 0 < int8 < f32 and all(e["tokens_per_s"] > 0 for e in engines.values())
