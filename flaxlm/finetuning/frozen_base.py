@@ -53,18 +53,16 @@ def check(saved: dict, rebuilt: dict, where) -> None:
     )
 
 
-def rebuild(trainable: Trainable, saved: dict, layout, where, pretrained=None):
-  """(the frozen parameters' whole tree, its record) as `saved` (meta['base']) names them:
-  init_from's backbone (`pretrained`, if already loaded) over the seeded init; checked."""
-  if pretrained is None and saved["init_from"]:
-    pretrained = transfer.load(saved["init_from"], trainable.mesh)
+def rebuild(trainable: Trainable, saved: dict, layout, where):
+  """The whole tree whose frozen parameters `saved` (meta['base']) names: init_from's
+  backbone over the seeded init, checked against the recorded fingerprint."""
   overrides = None
-  if pretrained is not None:
+  if saved["init_from"]:
+    pretrained = transfer.load(saved["init_from"], trainable.mesh)
     overrides = transfer.backbone_overrides(trainable.abstract_state.params, pretrained, layout)
   params = trainable.init_state(saved["seed"], overrides).params
-  rebuilt = record(trainable, params, saved["init_from"], saved["seed"])
-  check(saved, rebuilt, where)
-  return params, rebuilt
+  check(saved, record(trainable, params, saved["init_from"], saved["seed"]), where)
+  return params
 
 
 # --- checkpoints without their base ---------------------------------------------------------

@@ -88,7 +88,7 @@ def load(workdir, mesh=None, columns: dict | None = None, task: dict | None = No
   adapters = LoraConfig(**(saved_lora or dataclasses.asdict(ft.lora)))
   ft = dataclasses.replace(ft, freeze_backbone=False, mesh=dict(mesh.shape), lora=adapters)
   trainable = build(task_obj, family, model_config, ft, mesh)
-  rebuild = lambda meta: frozen_base.rebuild(trainable, meta["base"], task_obj.layout, source)[0]
+  rebuild = lambda meta: frozen_base.rebuild(trainable, meta["base"], task_obj.layout, source)
   params, _ = frozen_base.restore_params(
     source, trainable, rebuild, whole_state=source != workdir.best
   )

@@ -236,7 +236,8 @@ def train(
     if not trainable.saves_frozen:  # LoRA: checkpoints name the base instead (frozen_base)
       first = initial_state()
       base = frozen_base.record(trainable, first.params, ft.init_from, ft.seed)
-      restored = restored and frozen_base.completed(trainable, restored, first.params, base)
+      if restored:
+        restored = frozen_base.completed(trainable, restored, first.params, base)
       initial_state = lambda: first
     max_width = getattr(task.config, "max_len", 0)
     dev = evaluation.eval_set(task, dev_records, ft.eval_batch_size, max_width)
@@ -283,9 +284,10 @@ def _backbone(ft: FinetuneConfig, cls, meta: dict | None, train_records: list[di
   if meta:  # resuming: the model, tokenizer and labels of the saved run
     family, tokenizer = meta["model_family"], tokenizers.tokenizer_from_json(meta["tokenizer"])
     base = registry.model_config(family, meta["model"])
-    # a LoRA run's checkpoints name their base: it is loaded again (frozen_base)
+    # a LoRA run's base is loaded again: its checkpoints name it (frozen_base), and a run saved
+    # whole before they did records its fingerprint from here on
     pretrained = None
-    if meta.get("base") and ft.init_from:
+    if (meta.get("base") or ft.lora.rank) and ft.init_from:
       pretrained = transfer.load(ft.init_from, mesh, ft.init_from_command)
     return family, tokenizer, _model_config(ft, base, 0, 0), meta["task"]["labels"], pretrained
   labels = cls.fit_labels(ft.task, ft.columns, train_records)
