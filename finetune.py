@@ -5,11 +5,14 @@
   python finetune.py --workdir=/tmp/sst2_lstm --mode=predict --eval_data=tsv:dev.tsv \
       --output=/tmp/predictions.jsonl
 
+  python finetune.py --config=configs/finetune_sst2_minilm_qlora.py --workdir=/tmp/q --dry_run
+
 Training resumes like train.py and ends by evaluating the best checkpoint on the dev set.
 `evaluate` and `predict` read the task, tokenizer, labels and column mapping from the
 workdir's best checkpoint; `--config.columns.<name>=<field>` remaps columns for another file
 and generation tasks decode as trained unless --beam_size / --alpha / --max_new_tokens /
 --no_repeat_ngram say.
+--dry_run compiles the train step and prints what one device holds; it writes nothing.
 Both print one JSON line of metrics (or a count) as their last line.
 """
 
@@ -25,6 +28,7 @@ from flaxlm.config import dump_config_json
 from flaxlm.config.finetuning import from_config_dict
 from flaxlm.finetuning import kfold as cross_validation
 from flaxlm.finetuning import load as finetuned
+from flaxlm.finetuning import memory as finetune_memory
 from flaxlm.finetuning import run as finetuning
 
 _CONFIG = cli.define_config_flag("configs/finetune_sst2_lstm.py")
@@ -44,6 +48,11 @@ _NO_REPEAT = flags.DEFINE_integer(
 _QUANTIZE = flags.DEFINE_enum(
   "quantize", "", ["", "int8", "int4"],
   "evaluate/predict: weight-only quantized projections (evaluate prints the float figures beside).",
+)  # fmt: skip
+_DRY_RUN = flags.DEFINE_bool(
+  "dry_run", False,
+  "train: compile the train step on the run's longest example, print per-device memory "
+  "(frozen and trained parameters, optimizer state, temporaries, peak); trains nothing.",
 )  # fmt: skip
 cli.define_distributed_flags()
 
@@ -99,6 +108,13 @@ def main(argv):
   if _MODE.value == "train":
     config, ft = cli.read_config(_CONFIG, from_config_dict, "finetune.py")
     cli.init_distributed()
+    if _DRY_RUN.value:
+      with cli.user_errors("finetune.py --dry_run"):
+        text, figures = finetune_memory.dry_run(ft)
+      if jax.process_index() == 0:
+        print(text)
+        print(json.dumps(figures))
+      return
     with cli.user_errors("finetune.py"):
       if ft.kfold:
         return _cross_validate(ft, workdir, dump_config_json(config))

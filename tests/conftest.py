@@ -11,8 +11,13 @@ os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-COMPILE_CACHE = tempfile.mkdtemp(prefix="flaxlm_test_xla_cache_")
+# pytest-xdist's workers inherit this environment from the controller, so all of them share
+# the controller's cache; only the controller removes it at the end.
+COMPILE_CACHE = os.environ.get("FLAXLM_TEST_XLA_CACHE") or tempfile.mkdtemp(
+  prefix="flaxlm_test_xla_cache_"
+)
 os.environ.update(
+  FLAXLM_TEST_XLA_CACHE=COMPILE_CACHE,
   JAX_COMPILATION_CACHE_DIR=COMPILE_CACHE,
   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
@@ -158,6 +163,8 @@ def scripts(tmp_path_factory) -> Scripts:
 def pytest_sessionfinish(session, exitstatus):
   import shutil
 
+  if hasattr(session.config, "workerinput"):  # an xdist worker: others still use the cache
+    return
   shutil.rmtree(COMPILE_CACHE, ignore_errors=True)
 
 

@@ -23,6 +23,10 @@ def shrink(config) -> list[str]:
     args += ["--config.model.num_layers=1"]
   if model.get("num_decoder_layers"):
     args += ["--config.model.num_decoder_layers=1"]
+  if (model.get("embed_dim") or 0) > 512:  # an accelerator shape (llama_1b's QLoRA): narrow it
+    args += ["--config.model.embed_dim=64", "--config.model.num_heads=4",
+             "--config.model.num_kv_heads=2", "--config.model.mlp_dim=128",
+             "--config.model.vocab_size=512", "--config.task.max_len=256"]  # fmt: skip
   return args
 
 

@@ -184,6 +184,49 @@ def _steps_for_epochs(ft: FinetuneConfig, n_train: int) -> FinetuneConfig:
   return dataclasses.replace(ft, num_train_steps=steps)
 
 
+@dataclasses.dataclass
+class Prepared:
+  """What a run trains on, up to its model: `ft` with its steps (num_epochs) and LoRA
+  settings (adapters_from) resolved, the bound task and backbone, the cleaned records."""
+
+  ft: FinetuneConfig
+  task: object
+  family: str
+  tokenizer: object
+  model_config: object
+  pretrained: object  # transfer.Pretrained, or None (fresh, or resumed whole)
+  examples: list[dict]  # the training examples
+  dev_records: list[dict]
+  adapters: dict  # {flattened path: array} of adapters_from's adapters
+
+
+def prepare(ft: FinetuneConfig, meta: dict | None, mesh, records=None) -> Prepared:
+  """Reads and cleans the records (or takes `records`: (train, dev)), takes the backbone
+  (of the run being resumed, whose `meta` is given, of init_from, or fresh) and binds the
+  task to it."""
+  cls = task_class(ft.task_name)
+  train_records, dev_records = records or read_records(ft)
+  family, tokenizer, model_config, labels, pretrained = _backbone(
+    ft, cls, meta, train_records, mesh
+  )
+  task = cls(ft.task, ft.columns, registry.family_of(family), model_config, tokenizer, labels)
+  task.check()
+  validation.check_lengths(model_config, {"task.max_len": getattr(task.config, "max_len", 0)})
+  train_records = clean(task, train_records, ft, "train")
+  dev_records = clean(task, dev_records, ft, "dev")
+  if hasattr(task, "set_balanced_weights"):
+    task.set_balanced_weights(train_records)
+  examples = [e for r in train_records for e in task.examples(r)]
+  if ft.max_tokens:
+    examples = [e for e in examples if task.tokens_per_example(e) <= ft.max_tokens]
+  ft = _steps_for_epochs(ft, math.ceil(len(examples) / task.group))  # rows per epoch
+  adapters = {}
+  if ft.adapters_from:  # peft's adapters: their settings, and the arrays to start from
+    ft, adapters = _peft_adapters(ft, task, family, model_config, tokenizer)
+  return Prepared(ft, task, family, tokenizer, model_config, pretrained, examples, dev_records,
+                  adapters)  # fmt: skip
+
+
 def train(
   ft: FinetuneConfig,
   workdir,
@@ -204,25 +247,9 @@ def train(
     meta = ckpt.restore_meta()
     if meta:
       check_resume(meta, ft, ckpt.directory)
-    cls = task_class(ft.task_name)
-    train_records, dev_records = records or read_records(ft)
-    family, tokenizer, model_config, labels, pretrained = _backbone(
-      ft, cls, meta, train_records, mesh
-    )
-    task = cls(ft.task, ft.columns, registry.family_of(family), model_config, tokenizer, labels)
-    task.check()
-    validation.check_lengths(model_config, {"task.max_len": getattr(task.config, "max_len", 0)})
-    train_records = clean(task, train_records, ft, "train")
-    dev_records = clean(task, dev_records, ft, "dev")
-    if hasattr(task, "set_balanced_weights"):
-      task.set_balanced_weights(train_records)
-    examples = [e for r in train_records for e in task.examples(r)]
-    if ft.max_tokens:
-      examples = [e for e in examples if task.tokens_per_example(e) <= ft.max_tokens]
-    ft = _steps_for_epochs(ft, math.ceil(len(examples) / task.group))  # rows per epoch
-    adapters = {}
-    if ft.adapters_from:  # peft's adapters: their settings, and the arrays to start from
-      ft, adapters = _peft_adapters(ft, task, family, model_config, tokenizer)
+    p = prepare(ft, meta, mesh, records)
+    ft, task, family, tokenizer, model_config = p.ft, p.task, p.family, p.tokenizer, p.model_config
+    pretrained, examples, dev_records = p.pretrained, p.examples, p.dev_records
     trainable = build(task, family, model_config, ft, mesh)
     restored = ckpt.restore(frozen_base.abstract(trainable, meta)) if meta else None
     overrides = None
@@ -230,7 +257,7 @@ def train(
       overrides = transfer.backbone_overrides(
         trainable.abstract_state.params, pretrained, task.layout
       )
-    overrides = {**(overrides or {}), **adapters} or None
+    overrides = {**(overrides or {}), **p.adapters} or None
     initial_state = lambda: trainable.init_state(ft.seed, overrides)
     base = None
     if not trainable.saves_frozen:  # LoRA: checkpoints name the base instead (frozen_base)

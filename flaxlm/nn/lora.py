@@ -22,8 +22,10 @@ import math
 import re
 from collections.abc import Mapping
 
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+from flax.linen import initializers
 
 from flaxlm.errors import ConfigError
 from flaxlm.nn import quantize
@@ -81,6 +83,19 @@ def is_adapter(path: Path) -> bool:
   return path[-1].endswith(ADAPTERS)
 
 
+def _in_f32(initializer):
+  return lambda key, shape, dtype=None: initializer(key, shape, jnp.float32)
+
+
+# Adapters are trained in f32 whatever the model computes in: Qwix would create them in the
+# kernel's dtype, which under bf16 compute is the bf16 copy the projection hands dot_general
+# (a QLoRA base's scales), and AdamW's moments and updates of bf16 adapters lose the small steps.
+F32_ADAPTERS = dict(
+  lora_a_initializer=_in_f32(initializers.he_uniform()),
+  lora_b_initializer=_in_f32(initializers.zeros),
+)
+
+
 def with_adapters(model, config: LoraConfig, kernel_shapes=None, is_trained=None):
   """`model` with an adapter pair beside every kernel that `config.targets` matches; with
   `quantize_base` (QLoRA), every frozen kernel held quantized (`kernel_shapes`: the plain
@@ -94,7 +109,8 @@ def with_adapters(model, config: LoraConfig, kernel_shapes=None, is_trained=None
   _transpose_names_before_values(qwix)
   # Qwix scales by alpha / rank; rsLoRA's alpha / sqrt(rank) is that with alpha * sqrt(rank).
   alpha = config.scale * config.rank
-  provider = qwix.LoraProvider(module_path=config.targets, rank=config.rank, alpha=alpha)
+  provider = qwix.LoraProvider(module_path=config.targets, rank=config.rank, alpha=alpha,
+                               **F32_ADAPTERS)  # fmt: skip
   if config.quantize_base:
     provider = qwix.LoraProvider(_qlora_rules(qwix, config, alpha, kernel_shapes, is_trained))
   return qwix.apply_lora_to_model(model, provider, methods=quantize.entry_methods(model))
@@ -113,7 +129,7 @@ def _qlora_rules(qwix, config: LoraConfig, alpha: float, kernel_shapes, is_train
   rules = []
   for group, ps in quantize.kernel_groups(kernel_shapes, mode, targeted).items():
     rules.append(qwix.LoraRule(module_path=quantize.pattern(ps), rank=config.rank, alpha=alpha,
-                               weight_qtype=mode, tile_size=group))  # fmt: skip
+                               weight_qtype=mode, tile_size=group, **F32_ADAPTERS))  # fmt: skip
   for group, ps in quantize.kernel_groups(kernel_shapes, mode, frozen_only).items():
     rules.append(qwix.QtRule(module_path=quantize.pattern(ps), weight_qtype=mode, tile_size=group))
   return rules

@@ -55,7 +55,8 @@ class Projection(nn.Module):
     x = x.astype(dtype)
     kernel = kernel if quantized else kernel.astype(dtype)  # dequantized inside dot_general
     dims = tuple(range(x.ndim - self.contract, x.ndim)), tuple(range(self.contract))
-    y = jax.lax.dot_general(x, kernel, (dims, ((), ())))
+    # in `dtype` again: an interceptor's additions (LoRA's f32 adapter term) would promote it
+    y = jax.lax.dot_general(x, kernel, (dims, ((), ()))).astype(dtype)
     if self.use_bias:
       axes = self.axes[len(self.axes) - len(features) :]
       bias_init = nn.with_logical_partitioning(nn.initializers.zeros, axes)

@@ -78,6 +78,8 @@ def like(template, value):
     return value.astype(template.dtype)
   import qwix
 
+  # from the dtype the init quantized (the compute dtype's copy), so the scales' dtype holds
+  value = value.astype(template.array.scale.dtype)
   return qwix.quantize_params({"w": value}, {"w": template})["w"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flaxlm.nn import losses
+from flaxlm.nn import losses, quantize
 from flaxlm.objectives.base import LossConfig, Objective, stream_windows
 
 
@@ -34,7 +34,8 @@ def causal_lm(model, params, batch, rng, deterministic: bool, loss: LossConfig):
   )
   targets, weights = batch["targets"], batch["weights"]
   if tiles > 1:
-    hidden, kernel = out
+    hidden, kernel = out  # a QLoRA base's frozen LM head is quantized: float for the chunks
+    kernel = quantize.dequantized(kernel)
     return losses.chunked_cross_entropy(
       hidden, kernel, targets, weights, tiles, loss.label_smoothing, loss.z_loss
     )

@@ -135,6 +135,7 @@ def test_cli_export_merges_the_adapters_into_a_model_transformers_loads(tmp_path
   assert max_diff(ours, hf(input_ids=torch.tensor(ids)).logits) <= ATOL
 
 
+@pytest.mark.slow  # a T5 fine-tuned, then beam search through its adapters (~25 s here)
 def test_encoder_decoder_generation_goes_through_the_adapters(tmp_path, monkeypatch):
   """Generation calls `encode` and `decode`, not `__call__`: the adapters act there too (the
   merged model encodes as the adapted one does)."""
@@ -159,7 +160,10 @@ def without_adapters(params):
   return traverse_util.unflatten_dict({k: v for k, v in flat.items() if not lora.is_adapter(k)})
 
 
-@pytest.mark.parametrize("mode, tolerance", [("int8", 0.03), ("nf4", 0.3)])
+@pytest.mark.parametrize(
+  "mode, tolerance",
+  [("int8", 0.03), pytest.param("nf4", 0.3, marks=pytest.mark.slow)],  # nf4: CI's slow run
+)
 def test_qlora_holds_the_frozen_base_quantized_and_bit_identical(mode, tolerance, tmp_path,
                                                                  monkeypatch):  # fmt: skip
   """QLoRA: every frozen kernel int8 or 4-bit (nf4), the head and adapters float; after

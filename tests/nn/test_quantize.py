@@ -48,6 +48,7 @@ def test_every_kernel_is_quantized_and_outputs_stay_near_float(mode, tmp_path):
   assert 0 < np.abs(got - want).max() <= TOLERANCE[mode] * np.abs(want).max()
 
 
+@pytest.mark.slow  # two fine-tuning runs and their evaluations (~35 s here)
 def test_quantized_evaluation_on_a_2x2x2_mesh_equals_one_device(tmp_path):
   c, _ = trained(tmp_path, "seq2seq_t5", mesh={"data": 2, "fsdp": 2, "tensor": 2})
   model = finetuned.load(tmp_path / "seq2seq_t5")
@@ -64,6 +65,7 @@ def test_quantized_evaluation_on_a_2x2x2_mesh_equals_one_device(tmp_path):
   np.testing.assert_allclose(encode(sharded), encode(single), atol=1e-5)
 
 
+@pytest.mark.slow  # three processes
 def test_finetune_evaluate_and_predict_quantized_through_the_cli(scripts, tmp_path):
   c, _ = trained(tmp_path, "token_gpt")
   workdir = tmp_path / "token_gpt"
