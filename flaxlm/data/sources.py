@@ -9,7 +9,9 @@ document order, which ArrayRecord shuffles at write time. One local file is one 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -116,18 +118,38 @@ def _local_builder(name: str, records: Iterable[dict], data_dir: str, fields=("t
       file_format="array_record",
     )
 
-  builder = make()
   # Our log line already names this build; TFDS's progress bars would wrap the one-line
   # error of a malformed file (file:line) in bar residue. Restored after, for callers' builds.
   bars_were_on = getattr(tfds.core.utils.tqdm_utils, "_active", True)
   tfds.display_progress_bar(False)
   try:
-    builder.download_and_prepare()
-  except FileExistsError:  # another process sharing data_dir (multi-process run) finished first
-    builder = make()
+    with _one_builder_at_a_time(data_dir, name):
+      builder = make()
+      try:
+        builder.download_and_prepare()
+      except FileExistsError:  # another host sharing data_dir (no file locks there) finished
+        builder = make()
   finally:
     tfds.display_progress_bar(bars_were_on)
   return builder.as_data_source(split="train")
+
+
+@contextlib.contextmanager
+def _one_builder_at_a_time(data_dir: str, name: str):
+  """Processes sharing a local data_dir build dataset `name` one at a time; the others wait,
+  then find it built. Without the lock, a process that opens the builder while another is
+  still writing it sees a dataset with no splits and fails (seen with two train.py runs
+  started together). Object stores have no file locks: TFDS's FileExistsError covers them."""
+  if "://" in data_dir:
+    yield
+    return
+  os.makedirs(data_dir, exist_ok=True)
+  with open(os.path.join(data_dir, f".{name}.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _read_files(pattern: str) -> tuple[list[str], Iterator[str]]:
