@@ -139,17 +139,24 @@ def _one_builder_at_a_time(data_dir: str, name: str):
   """Processes sharing a local data_dir build dataset `name` one at a time; the others wait,
   then find it built. Without the lock, a process that opens the builder while another is
   still writing it sees a dataset with no splits and fails (seen with two train.py runs
-  started together). Object stores have no file locks: TFDS's FileExistsError covers them."""
-  if "://" in data_dir:
+  started together). Object stores have no file locks: TFDS's FileExistsError covers them, as
+  it does a build this process starts while it holds the lock (reentrant, not a deadlock)."""
+  path = os.path.join(data_dir, f".{name}.lock")
+  if "://" in data_dir or path in _LOCKS_HELD:
     yield
     return
   os.makedirs(data_dir, exist_ok=True)
-  with open(os.path.join(data_dir, f".{name}.lock"), "w") as lock:
+  with open(path, "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
+    _LOCKS_HELD.add(path)
     try:
       yield
     finally:
+      _LOCKS_HELD.discard(path)
       fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+_LOCKS_HELD: set[str] = set()  # this process's builder locks (`_one_builder_at_a_time`)
 
 
 def _read_files(pattern: str) -> tuple[list[str], Iterator[str]]:
