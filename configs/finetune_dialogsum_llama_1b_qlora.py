@@ -21,21 +21,19 @@ Not run here: 2 CPU cores, no accelerator; no step of it has been timed on hardw
 import pathlib
 import runpy
 
-from flaxlm.config import model_preset
-
-# DialogSum's SFT task, data and columns (configs/finetune_dialogsum_sft.py), on this model
-_sft = runpy.run_path(str(pathlib.Path(__file__).with_name("finetune_dialogsum_sft.py")))
+_here = pathlib.Path(__file__)
+# DialogSum's SFT task, data and columns (configs/finetune_dialogsum_sft.py) on llama_1b's
+# model block (configs/llama_1b.py: bf16, no dropout, minimal remat)
+_sft = runpy.run_path(str(_here.with_name("finetune_dialogsum_sft.py")))
+_llama = runpy.run_path(str(_here.with_name("llama_1b.py")))
 
 
 def get_config():
   c = _sft["get_config"]()
   c.init_from, c.init_from_command = "", ""
   c.model_family = "gpt"
-  c.model = model_preset("gpt", "llama_1b")
-  c.model.vocab_size = 32000
-  c.model.dtype = "bfloat16"
-  c.model.dropout_rate = 0.0
-  c.model.remat_policy = "minimal"
+  c.model = _llama["get_config"]().model
+  c.model.vocab_size = 32000  # the byte tokenizer below would size it to 256
   c.model.num_vocab_tiles = 4  # 1,024 / 4 = 256 positions of logits at a time
   c.tokenizer.kind = "byte"
   c.task.max_len = 1024

@@ -38,15 +38,10 @@ from flaxlm.train import validation
 MiB = 2**20
 
 
-def device_bytes(tree) -> int:
-  """Bytes one device holds of sharded abstract arrays (the largest shard of each; a
-  quantized kernel's int values and scales, 4-bit ones packed two to a byte)."""
-  total = 0
-  for leaf in jax.tree.leaves(tree):
-    shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
-    bits = 4 if "int4" in str(leaf.dtype) else 8 * np.dtype(leaf.dtype).itemsize
-    total += math.prod(shape) * bits // 8
-  return total
+def per_device_bytes(tree) -> int:
+  """Bytes one device holds of sharded abstract arrays (the largest shard of each)."""
+  shard = lambda x: x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+  return quantize.weight_bytes(tree, shard)
 
 
 def elements(x) -> int:
@@ -73,9 +68,9 @@ class StateBytes:
     trained = {k: v for k, v in flat.items() if k not in trainable.frozen_paths}
     count = lambda d: sum(elements(v) for v in d.values())
     return cls(
-      frozen=device_bytes(list(frozen.values())),
-      trained=device_bytes(list(trained.values())),
-      optimizer=device_bytes(state.opt_state),
+      frozen=per_device_bytes(list(frozen.values())),
+      trained=per_device_bytes(list(trained.values())),
+      optimizer=per_device_bytes(state.opt_state),
       num_frozen=count(frozen),
       num_trained=count(trained),
       trained_dtypes=tuple(sorted({str(v.dtype) for v in trained.values()})),

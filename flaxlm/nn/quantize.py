@@ -15,6 +15,7 @@ Embeddings, norms and biases stay float. Qwix is the `lora` extra: pip install '
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 
@@ -115,10 +116,11 @@ def quantize(params, abstract_quantized):
   return qwix.quantize_params(jax.tree.map(jax.numpy.asarray, params), abstract_quantized)
 
 
-def weight_bytes(params) -> int:
-  """Bytes of every array in the tree (int8 values, int4 packed two to a byte)."""
+def weight_bytes(params, shape_of=None) -> int:
+  """Bytes of every array in the tree (int8 values, int4 packed two to a byte); `shape_of(leaf)`
+  gives the shape counted (default the whole array's; e.g. one device's shard)."""
   total = 0
   for x in jax.tree.leaves(params):
     bits = 4 if "int4" in str(x.dtype) else 8 * np.dtype(x.dtype).itemsize
-    total += x.size * bits // 8
+    total += math.prod(shape_of(x) if shape_of else x.shape) * bits // 8
   return total
