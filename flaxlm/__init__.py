@@ -16,7 +16,9 @@ generate.py use the same functions):
   batch = flaxlm.encode(model, ["a gripping, funny film"])  # framed, padded, with its mask
 
 Modules: models (GPT, Bert, EncoderDecoder, BiLSTM, TaskModel), tasks (TASKS), the training
-loop (`flaxlm.train.loop.run`), sampling and sequence-to-sequence decoding.
+loop (`flaxlm.train.loop.run`), sampling and sequence-to-sequence decoding; for a model of
+one's own made smaller, pruning masks as the last link of an optax chain (`prune_updates`)
+and the distillation loss of a task beside its teacher (`distillation_loss`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ __all__ = [
   "TrainState",
   "Trainable",
   "default_config",
+  "distillation_loss",
   "encode",
   "evaluate",
   "finetune",
@@ -65,6 +68,7 @@ __all__ = [
   "model_preset",
   "predict",
   "pretrain",
+  "prune_updates",
   "sample_text",
   "task_block",
   "training_loop",
@@ -76,6 +80,8 @@ __all__ = [
 # step or checkpoint code.
 _ENGINE = {
   "training_loop": ("flaxlm.train.loop", "run"),
+  "prune_updates": ("flaxlm.nn.pruning", "prune_updates"),  # masks as an optax link
+  "distillation_loss": ("flaxlm.finetuning.distill", "loss"),
   "Trainable": ("flaxlm.train.steps", "Trainable"),
   "TrainState": ("flaxlm.train.steps", "TrainState"),
 }

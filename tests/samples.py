@@ -69,6 +69,40 @@ def tsv(tmp, name, rows) -> str:
   return "tsv:" + files(tmp, name, "label\ttext\n" + "".join(f"{a}\t{b}\n" for a, b in rows))
 
 
+# A small BERT from scratch, classifying padding-free (a step's examples share rows).
+PADDING_FREE_BERT = """
+from flaxlm.config.finetuning import finetune_config, task_block, with_model_preset
+
+def get_config():
+  c = finetune_config()
+  with_model_preset(c, "bert", "bert_tiny")
+  c.model.update(num_layers={layers}, embed_dim=32, num_heads=2, mlp_dim=64, max_len=64)
+  c.tokenizer.update(kind="wordpiece", vocab_size=200, special_tokens="bert", lowercase=True)
+  c.task = task_block("classification")
+  c.task.update(max_len=32, padding_free=True)
+  return c
+"""
+
+
+def good_bad_data(tmp) -> list[str]:
+  """finetune.py's data arguments: 64 rows 'good film i' (1) / 'bad film i' (0), train = dev."""
+  text = "".join(f"{i % 2}\t{'good' if i % 2 else 'bad'} film {i}\n" for i in range(64))
+  data = "tsv:" + files(tmp, "c.tsv", "label\ttext\n" + text)
+  return [f"--config.train_data={data}", f"--config.eval_data={data}", "--config.columns.text=text"]
+
+
+# Six steps of batch 8 with a checkpoint every 2 and one evaluation at the end.
+SIX_STEPS = ["--config.batch_size=8", "--config.eval_batch_size=8", "--config.num_train_steps=6",
+             "--config.checkpoint_every=2", "--config.eval_every=6", "--config.log_every=1",
+             "--config.learning_rate=1e-3", "--config.warmup_steps=0"]  # fmt: skip
+
+
+def padding_free_bert(tmp, layers: int = 1) -> list[str]:
+  """finetune.py arguments: PADDING_FREE_BERT of `layers` blocks on `good_bad_data`."""
+  config = files(tmp, f"bert{layers}.py", PADDING_FREE_BERT.format(layers=layers))
+  return [f"--config={config}", *good_bad_data(tmp)]
+
+
 def lstm_config(tmp, **overrides):
   c = config_finetune.finetune_config()
   config_finetune.with_model_preset(c, "lstm", "bilstm")

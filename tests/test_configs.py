@@ -126,7 +126,7 @@ def test_every_key_is_defined_once_and_reaches_the_engine_by_name():
   from flaxlm.nn.losses import LossConfig
 
   def plain(c):
-    return {k for k in c.keys() if k not in ("model", "tokenizer", "masking", "spans", "task", "lora",
+    return {k for k in c.keys() if k not in ("model", "tokenizer", "masking", "spans", "task", "lora", "prune", "distill",
                                                "columns", "early_stopping")}  # fmt: skip
 
   names = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731

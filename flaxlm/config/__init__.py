@@ -66,6 +66,9 @@ class EarlyStopping:
   metric: str = ""  # an eval metric (e.g. 'eval_accuracy'); '' keeps no best checkpoint
   mode: str = "max"  # max | min
   patience: int = 0  # evaluations without improvement before stopping; 0 = never stop
+  # Evaluations before this step are logged but neither kept as the best nor counted for
+  # patience (a pruned run's: before its masks reach their sparsity).
+  start_step: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ from flaxlm.data.tokenizers.config import TokenizerConfig
 from flaxlm.errors import ConfigError
 from flaxlm.models import registry
 from flaxlm.nn.lora import LoraConfig
+from flaxlm.nn.pruning import PruneConfig
 from flaxlm.tasks import TASKS, Columns, config_from_block, task_class
 
 
@@ -46,6 +47,34 @@ def runtime_model_block() -> ml_collections.ConfigDict:
       "attention_impl": config_dict.placeholder(str),
     }
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+  teacher: str = ""  # a fine-tuned workdir of the same task; '' = no distillation
+  teacher_command: str = ""  # the command that creates it (printed when it is missing)
+  temperature: float = 2.0  # T: softens both distributions; the soft term is scaled by T^2
+  alpha: float = (
+    0.5  # the soft term's weight; 1 - alpha the task loss's (0: no teacher in the step)
+  )
+  # > 0: the student is the teacher with this many blocks, from its layers k-1, 2k-1, ...
+  # (k = teacher layers / student_layers); 0: the run's own init_from or fresh model.
+  student_layers: int = 0
+
+  def __post_init__(self):
+    if self.temperature <= 0:
+      raise ConfigError(f"distill.temperature={self.temperature}; use a positive value such as 2")
+    if not 0.0 <= self.alpha <= 1.0:
+      raise ConfigError(f"distill.alpha={self.alpha} must be in [0, 1] (the soft term's weight)")
+    if self.student_layers < 0:
+      raise ConfigError(f"distill.student_layers={self.student_layers}; use 0 or a block count")
+    if self.student_layers and not self.teacher:
+      raise ConfigError("distill.student_layers takes a teacher's blocks: set distill.teacher")
+
+  @property
+  def in_step(self) -> bool:
+    """Whether the teacher runs in the train step (alpha 0 only initializes from it)."""
+    return bool(self.teacher) and self.alpha > 0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -92,10 +121,18 @@ def finetune_config() -> ml_collections.ConfigDict:
   c.columns = ml_collections.ConfigDict(Columns.defaults(TASKS.values()))
   # Keep the best checkpoint on a dev metric ('' = the task's own, e.g. eval_accuracy) and
   # stop after `patience` evaluations without improvement (0 = train to the end).
-  c.early_stopping = ml_collections.ConfigDict({"metric": "", "mode": "", "patience": 0})
+  c.early_stopping = ml_collections.ConfigDict(
+    {"metric": "", "mode": "", "patience": 0, "start_step": 0}
+  )
   # LoRA (rank > 0): low-rank adapters on the projections `targets` matches; the base stays
   # frozen, only adapters and `modules_to_save` (the task head) train. See flaxlm/nn/lora.py.
   c.lora = ml_collections.ConfigDict(dataclasses.asdict(LoraConfig()))
+  # Pruning (method set): masks over the backbone's weight matrices, tightened on a schedule
+  # while the model fine-tunes. See flaxlm/train/pruning.py.
+  c.prune = ml_collections.ConfigDict(dataclasses.asdict(PruneConfig()))
+  # Distillation (teacher set): the student fine-tunes against a fine-tuned teacher's class
+  # distributions. See flaxlm/finetuning/distill.py.
+  c.distill = ml_collections.ConfigDict(dataclasses.asdict(DistillConfig()))
   return c
 
 
@@ -110,6 +147,8 @@ class FinetuneConfig(FinetuneKeys):
   columns: Columns
   early_stopping: EarlyStopping
   lora: LoraConfig = LoraConfig()
+  prune: PruneConfig = PruneConfig()
+  distill: DistillConfig = DistillConfig()
   pad_vocab_to: int = 128
 
 
@@ -126,6 +165,21 @@ def from_config_dict(c: ml_collections.ConfigDict) -> FinetuneConfig:
   if c.adapters_from and c.lora.rank:
     raise ConfigError(
       "adapters_from sets the LoRA settings from its adapter_config.json; leave lora.rank at 0"
+    )
+  prune = PruneConfig(**c.prune.to_dict())
+  if prune.method and (c.lora.rank or c.adapters_from or c.freeze_backbone):
+    raise ConfigError(
+      "prune.method prunes the weights being fine-tuned; LoRA (lora.rank, adapters_from) and "
+      "freeze_backbone keep them frozen: use one or the other"
+    )
+  distill = DistillConfig(**c.distill.to_dict())
+  if distill.teacher and (c.lora.rank or c.adapters_from):
+    raise ConfigError("distill.teacher trains a whole student; LoRA (lora.rank, adapters_from) "
+                      "is not offered with it yet: use one or the other")  # fmt: skip
+  if distill.student_layers and c.init_from:
+    raise ConfigError(
+      f"distill.student_layers takes the student from the teacher's blocks; init_from="
+      f"{c.init_from!r} would give it another: set one of them"
     )
   stop = c.early_stopping
   if stop.mode not in ("", "max", "min"):
@@ -147,9 +201,14 @@ def from_config_dict(c: ml_collections.ConfigDict) -> FinetuneConfig:
     task=task,
     columns=Columns.of(c.columns.to_dict()),
     early_stopping=EarlyStopping(
-      metric=metric, mode=stop.mode or cls.metric_mode_for(task), patience=stop.patience
+      metric=metric,
+      mode=stop.mode or cls.metric_mode_for(task),
+      patience=stop.patience,
+      start_step=stop.start_step,
     ),
     lora=LoraConfig(**c.lora.to_dict()),
+    prune=prune,
+    distill=distill,
   )
 
 

@@ -47,7 +47,7 @@ def check(saved: dict, rebuilt: dict, where) -> None:
   if not math.isclose(a, b, rel_tol=_TOLERANCE, abs_tol=1e-6):
     source = saved["init_from"] or f"a random init (seed {saved['seed']})"
     raise CheckpointMismatchError(
-      f"{where} holds adapters trained on {source}, whose weights have changed since "
+      f"{where} holds parameters trained beside {source} (frozen), whose weights have changed since "
       f"(fingerprint {b:.8g}, trained on {a:.8g}); restore the base it was trained on "
       "(the same init_from folder and step) or fine-tune again"
     )
@@ -68,19 +68,26 @@ def rebuild(trainable: Trainable, saved: dict, layout, where):
 # --- checkpoints without their base ---------------------------------------------------------
 
 
+def named(meta: dict | None) -> dict | None:
+  """What a checkpoint records of the frozen parameters it leaves out: a LoRA run's base
+  (meta['base']) or a distilled student's teacher (meta['teacher']); None for the others."""
+  return (meta or {}).get("base") or (meta or {}).get("teacher")
+
+
 def abstract(trainable: Trainable, meta: dict | None):
   """The abstract state a checkpoint with `meta` holds: without the frozen parameters when
-  it names its base, whole otherwise (every run but LoRA, and LoRA runs before 2026-12-07)."""
-  return trainable.abstract_checkpoint if (meta or {}).get("base") else trainable.abstract_state
+  it names them, whole otherwise (every run but LoRA and distillation, and LoRA runs before
+  2026-12-07)."""
+  return trainable.abstract_checkpoint if named(meta) else trainable.abstract_state
 
 
 def completed(trainable: Trainable, restored, frozen_from, rebuilt: dict):
   """`restored` (step, state, meta) with its frozen parameters taken from `frozen_from`, once
   the base they came from is checked against what the checkpoint recorded."""
   step, state, meta = restored
-  if not meta.get("base"):
+  if not named(meta):
     return restored
-  check(meta["base"], rebuilt, f"checkpoint step {step}")
+  check(named(meta), rebuilt, f"checkpoint step {step}")
   return step, state.replace(params=trainable.with_frozen(state.params, frozen_from)), meta
 
 
@@ -101,6 +108,6 @@ def restore_params(directory, trainable: Trainable, frozen_from, whole_state: bo
     return None
   step, tree, meta = restored
   params = tree.params if whole_state else tree["params"]
-  if meta.get("base"):
+  if named(meta) and not trainable.saves_frozen:  # a model that takes them: from frozen_from
     params = trainable.with_frozen(params, frozen_from(meta))
   return params, meta

@@ -19,7 +19,7 @@ from flaxlm.config.finetuning import from_saved
 from flaxlm.data import formats, tokenizers
 from flaxlm.errors import CheckpointMismatchError, DataError, DataNotFoundError, WorkdirError
 from flaxlm.finetuning import evaluation, frozen_base
-from flaxlm.finetuning.run import Model, build
+from flaxlm.finetuning.model import Model, build
 from flaxlm.models import registry
 from flaxlm.nn import lora, quantize, sharding
 from flaxlm.nn.lora import LoraConfig
@@ -246,7 +246,7 @@ def _prepare_output(output: str) -> None:
     raise WorkdirError(f"--output={output}: its folder {path.parent} is not writable")
 
 
-def _records_set(model: Model, records: list[dict], batch_size: int):
+def records_set(model: Model, records: list[dict], batch_size: int):
   width = getattr(model.task.config, "max_len", 0)
   records = [{formats.WHERE: f"record {i}", **r} for i, r in enumerate(records)]
   return evaluation.eval_set(model.task, records, _eval_batch_size(model, batch_size), width)
@@ -254,12 +254,12 @@ def _records_set(model: Model, records: list[dict], batch_size: int):
 
 def predict_records(model: Model, records: list[dict], batch_size: int = 32) -> list[dict]:
   """The task's output for each record (dicts with the model's columns), in order."""
-  data = _records_set(model, records, batch_size)
+  data = records_set(model, records, batch_size)
   preds, _ = evaluation.predictions(model.task, model.trainable, model.params, data, generate=True)
   return model.task.outputs(evaluation.stacked(preds), data.records)
 
 
 def evaluate_records(model: Model, records: list[dict], batch_size: int = 32) -> dict:
   """The task's metrics on labelled records."""
-  data = _records_set(model, records, batch_size)
+  data = records_set(model, records, batch_size)
   return evaluation.evaluate(model.task, model.trainable, model.params, data, generate=True)

@@ -99,7 +99,9 @@ def dry_run(ft: FinetuneConfig) -> tuple[str, dict]:
   mesh = validation.make_mesh(ft.mesh)
   prepared = finetuning.prepare(ft, None, mesh)
   ft = prepared.ft
-  trainable = finetuning.build(prepared.task, prepared.family, prepared.model_config, ft, mesh)
+  trainable = finetuning.build(
+    prepared.task, prepared.family, prepared.model_config, ft, mesh, prepared.teacher
+  )
   batch_sharding = sharding.batch_sharding(mesh)
   batch = {
     k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype, sharding=batch_sharding)

@@ -11,6 +11,7 @@ and column mapping come from the checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 
@@ -20,71 +21,20 @@ import numpy as np
 from flaxlm.config import check_same_settings, setting_values
 from flaxlm.config.finetuning import FinetuneConfig, from_saved
 from flaxlm.data import corpus, pipeline, tokenizers
-from flaxlm.errors import CheckpointMismatchError, ConfigError
-from flaxlm.finetuning import evaluation, frozen_base
+from flaxlm.errors import CheckpointMismatchError, ConfigError, DataNotFoundError
+from flaxlm.finetuning import distill, evaluation, frozen_base
+from flaxlm.finetuning import load as finetuned
 from flaxlm.finetuning.inputs import check, clean, read_records, texts_for_tokenizer  # noqa: F401
+from flaxlm.finetuning.model import Model, build
 from flaxlm.models import registry
-from flaxlm.nn import lora, sharding
-from flaxlm.nn.lora import LoraConfig
+from flaxlm.nn import pruning, sharding
 from flaxlm.pretraining import transfer
 from flaxlm.tasks import task_class
-from flaxlm.train import loop, reporting, validation
+from flaxlm.train import loop, optim, reporting, validation
 from flaxlm.train.checkpoint import Checkpointer
-from flaxlm.train.steps import ModelInit, Trainable
 from flaxlm.workdir import Workdir, WorkdirLock
 
 log = logging.getLogger("flaxlm")
-
-
-@dataclasses.dataclass
-class Model:
-  """A task model ready to train or predict: what `flaxlm.load` returns."""
-
-  task: object  # flaxlm.tasks.Task, bound to its labels and tokenizer
-  trainable: Trainable
-  tokenizer: object
-  family: str
-  model_config: object
-  params: object = None
-  lora: LoraConfig = LoraConfig()  # rank > 0: `params` hold adapters (lora.merged folds them)
-  init_from: str = ""  # the base it was fine-tuned from
-
-  @property
-  def model(self):
-    return self.trainable.model
-
-
-# --- model ------------------------------------------------------------------------------------
-
-
-def build(task, family: str, model_config, ft: FinetuneConfig, mesh) -> Trainable:
-  model = task.model(registry.build_model(family, model_config))
-  frozen = task.layout.frozen if ft.freeze_backbone else None
-  example = task.init_batch(sharding.data_parallel_size(mesh))
-  if ft.lora.rank:  # the base frozen: only adapters and the saved modules train
-    frozen = lora.frozen(ft.lora, task.layout.is_head)
-    shapes = None
-    if ft.lora.quantize_base:  # QLoRA groups 4-bit scales by each kernel's input rows
-      shapes = jax.eval_shape(ModelInit(model, tuple(example)), jax.random.PRNGKey(0))
-      shapes = sharding.strip_axes(shapes)
-    model = lora.with_adapters(model, ft.lora, shapes, lambda path: not frozen(path))
-  trainable = Trainable.with_adamw(
-    model,
-    ft.optim,
-    mesh,
-    sharding.rules_from_config(ft.logical_axis_rules),
-    task.loss,
-    ft.step,
-    ModelInit(model, tuple(example)),
-    frozen=frozen,
-    saves_frozen=not ft.lora.rank,  # a LoRA checkpoint names its base (frozen_base)
-  )
-  if ft.lora.rank:
-    lora.check_targets(trainable.abstract_state.params, ft.lora)
-  elif ft.freeze_backbone:
-    task.layout.check_freezable(trainable.abstract_state.params, task.name, family)
-  validation.check_divisible(trainable)
-  return trainable
 
 
 def _model_config(ft: FinetuneConfig, base, vocab_size: int, chars: int):
@@ -142,6 +92,8 @@ def resume_keys(ft: FinetuneConfig) -> tuple[str, ...]:
   """RESUME_KEYS, each field of the task's config, and the column mapping (not `lora` when
   adapters_from sets it: the same adapters give the same settings)."""
   keys = [k for k in RESUME_KEYS if not (k == "lora" and ft.adapters_from)]
+  keys += ["prune"] if ft.prune.method else []  # its masks are in the optimizer state
+  keys += ["distill"] if ft.distill.teacher else []  # the teacher the student learns from
   return (*keys, *(f"task.{f.name}" for f in dataclasses.fields(ft.task)), "columns")
 
 
@@ -154,6 +106,7 @@ def check_resume(meta: dict, ft: FinetuneConfig, directory) -> None:
   keys = resume_keys(ft)
   # Recorded since 2026-12; older checkpoints: from their saved config.
   saved = meta.get("resume_keys") or setting_values(from_saved(meta.get("config") or {}), keys)
+  keys = (*(k for k in ("prune", "distill") if k in saved and k not in keys), *keys)
   check_same_settings(saved, ft, keys, directory, "settings")
 
 
@@ -197,7 +150,10 @@ class Prepared:
   pretrained: object  # transfer.Pretrained, or None (fresh, or resumed whole)
   examples: list[dict]  # the training examples
   dev_records: list[dict]
-  adapters: dict  # {flattened path: array} of adapters_from's adapters
+  # {flattened path: array} replacing the init: adapters_from's adapters, or a student's
+  # blocks from its teacher (distill.student_layers)
+  overrides: dict
+  teacher: object = None  # the fine-tuned Model a distilled run learns from
 
 
 def prepare(ft: FinetuneConfig, meta: dict | None, mesh, records=None) -> Prepared:
@@ -205,12 +161,23 @@ def prepare(ft: FinetuneConfig, meta: dict | None, mesh, records=None) -> Prepar
   (of the run being resumed, whose `meta` is given, of init_from, or fresh) and binds the
   task to it."""
   cls = task_class(ft.task_name)
+  teacher = _teacher(ft.distill, mesh) if ft.distill.teacher else None
+  if ft.distill.student_layers:  # its depth is distill's (a teacher's model block may say 12)
+    model = {k: v for k, v in ft.model_overrides.items() if k != "num_layers"}
+    ft = dataclasses.replace(ft, model_overrides=model)
   train_records, dev_records = records or read_records(ft)
   family, tokenizer, model_config, labels, pretrained = _backbone(
-    ft, cls, meta, train_records, mesh
+    ft, cls, meta, train_records, mesh, teacher
   )
   task = cls(ft.task, ft.columns, registry.family_of(family), model_config, tokenizer, labels)
   task.check()
+  overrides = {}
+  if teacher is not None:
+    distill.check_pair(task, tokenizer, labels, teacher)
+    if ft.distill.student_layers:
+      overrides = distill.student_init(
+        teacher.params, teacher.model_config.num_layers, ft.distill.student_layers
+      )
   validation.check_lengths(model_config, {"task.max_len": getattr(task.config, "max_len", 0)})
   train_records = clean(task, train_records, ft, "train")
   dev_records = clean(task, dev_records, ft, "dev")
@@ -220,11 +187,15 @@ def prepare(ft: FinetuneConfig, meta: dict | None, mesh, records=None) -> Prepar
   if ft.max_tokens:
     examples = [e for e in examples if task.tokens_per_example(e) <= ft.max_tokens]
   ft = _steps_for_epochs(ft, math.ceil(len(examples) / task.group))  # rows per epoch
-  adapters = {}
+  if ft.prune.method:  # the best checkpoint is one at the final sparsity
+    prune = ft.prune.resolved(ft.num_train_steps)
+    stop = ft.early_stopping
+    stop = dataclasses.replace(stop, start_step=max(stop.start_step, prune.end_step))
+    ft = dataclasses.replace(ft, prune=prune, early_stopping=stop)
   if ft.adapters_from:  # peft's adapters: their settings, and the arrays to start from
-    ft, adapters = _peft_adapters(ft, task, family, model_config, tokenizer)
+    ft, overrides = _peft_adapters(ft, task, family, model_config, tokenizer)
   return Prepared(ft, task, family, tokenizer, model_config, pretrained, examples, dev_records,
-                  adapters)  # fmt: skip
+                  overrides, teacher)  # fmt: skip
 
 
 def train(
@@ -250,19 +221,24 @@ def train(
     p = prepare(ft, meta, mesh, records)
     ft, task, family, tokenizer, model_config = p.ft, p.task, p.family, p.tokenizer, p.model_config
     pretrained, examples, dev_records = p.pretrained, p.examples, p.dev_records
-    trainable = build(task, family, model_config, ft, mesh)
+    trainable = build(task, family, model_config, ft, mesh, p.teacher)
     restored = ckpt.restore(frozen_base.abstract(trainable, meta)) if meta else None
     overrides = None
     if pretrained is not None:
       overrides = transfer.backbone_overrides(
         trainable.abstract_state.params, pretrained, task.layout
       )
-    overrides = {**(overrides or {}), **p.adapters} or None
+    overrides = {**(overrides or {}), **p.overrides}
+    if p.teacher is not None and ft.distill.in_step:
+      overrides.update(distill.teacher_overrides(p.teacher))
+    overrides = overrides or None
     initial_state = lambda: trainable.init_state(ft.seed, overrides)
     base = None
-    if not trainable.saves_frozen:  # LoRA: checkpoints name the base instead (frozen_base)
+    # LoRA, distillation: checkpoints name the frozen base / teacher instead (frozen_base)
+    if not trainable.saves_frozen:
       first = initial_state()
-      base = frozen_base.record(trainable, first.params, ft.init_from, ft.seed)
+      source = ft.distill.teacher if ft.distill.in_step else ft.init_from
+      base = frozen_base.record(trainable, first.params, source, ft.seed)
       if restored:
         restored = frozen_base.completed(trainable, restored, first.params, base)
       initial_state = lambda: first
@@ -270,7 +246,8 @@ def train(
     dev = evaluation.eval_set(task, dev_records, ft.eval_batch_size, max_width)
     in_loop = evaluation.Remembered(task, trainable, dev)
     ft_json = config_json or {}
-    job_meta = _meta(task, tokenizer, family, model_config, ft, ft_json) | {"base": base}
+    base_key = "teacher" if ft.distill.in_step else "base"
+    job_meta = _meta(task, tokenizer, family, model_config, ft, ft_json) | {base_key: base}
     mean_tokens = float(np.mean([task.tokens_per_example(e) for e in examples]))
     dp = sharding.data_parallel_size(mesh)
     job = loop.Job(
@@ -295,19 +272,25 @@ def train(
   params = result.state.params
   final = _final_evaluation(task, trainable, workdir, result, in_loop, dev)
   name = "dev" if records else reporting.data_name(ft.eval_data or ft.train_data)
+  if ft.prune.method:  # the zeros the best checkpoint holds, per kernel
+    final = final | {"sparsity": _sparsity(ft, task, trainable, workdir, result, params)}
   reporting.write_eval_report(workdir, name, final, task.labels)
   if jax.process_index() == 0:
     reporting.plot_learning_curve(workdir, task.metric_for(task.config))
   out.update(final)
+  if not trainable.saves_frozen and ft.distill.in_step:  # the student alone, as load gives it
+    params = trainable.saved_params(params)
+    trainable = build(task, family, model_config, ft, trainable.mesh)
   model = Model(task, trainable, tokenizer, family, model_config, params, ft.lora, ft.init_from)
   out.update(model=model)
   return out
 
 
-def _backbone(ft: FinetuneConfig, cls, meta: dict | None, train_records: list[dict], mesh):
+def _backbone(ft: FinetuneConfig, cls, meta: dict | None, train_records: list[dict], mesh,
+              teacher=None):  # fmt: skip
   """Where the model comes from: (family, tokenizer, model config, labels, the pretrained
-  weights or None) of the run being resumed, of `init_from`, or fresh (a tokenizer trained
-  on the training records)."""
+  weights or None) of the run being resumed, of the `teacher` cut to distill.student_layers,
+  of `init_from`, or fresh (a tokenizer trained on the training records)."""
   if meta:  # resuming: the model, tokenizer and labels of the saved run
     family, tokenizer = meta["model_family"], tokenizers.tokenizer_from_json(meta["tokenizer"])
     base = registry.model_config(family, meta["model"])
@@ -317,6 +300,10 @@ def _backbone(ft: FinetuneConfig, cls, meta: dict | None, train_records: list[di
     if (meta.get("base") or ft.lora.rank) and ft.init_from:
       pretrained = transfer.load(ft.init_from, mesh, ft.init_from_command)
     return family, tokenizer, _model_config(ft, base, 0, 0), meta["task"]["labels"], pretrained
+  if ft.distill.student_layers:  # the teacher's architecture, tokenizer and labels
+    config = distill.student_config(teacher, ft.distill.student_layers)
+    labels = teacher.task.labels
+    return teacher.family, teacher.tokenizer, _model_config(ft, config, 0, 0), labels, None
   labels = cls.fit_labels(ft.task, ft.columns, train_records)
   if ft.init_from:
     pretrained = transfer.load(ft.init_from, mesh, ft.init_from_command)
@@ -328,6 +315,16 @@ def _backbone(ft: FinetuneConfig, cls, meta: dict | None, train_records: list[di
   tokenizer = corpus.same_on_every_host(tokenizers.train_tokenizer(ft.tokenizer, texts))
   chars = getattr(tokenizer, "num_chars", 0)
   return family, tokenizer, _model_config(ft, None, tokenizer.vocab_size, chars), labels, None
+
+
+def _teacher(c, mesh) -> Model:
+  """distill.teacher's fine-tuned model, or a one-line error naming the command that makes it."""
+  if finetuned.workdir_kind(c.teacher) != "finetune":
+    hint = f"; create it with: {c.teacher_command}" if c.teacher_command else ""
+    raise DataNotFoundError(
+      f"distill.teacher={c.teacher!r} holds no fine-tuned model (a finetune.py workdir){hint}"
+    )
+  return finetuned.load(c.teacher, mesh)
 
 
 def _peft_adapters(ft: FinetuneConfig, task, family: str, model_config, tokenizer):
@@ -343,6 +340,21 @@ def _peft_adapters(ft: FinetuneConfig, task, family: str, model_config, tokenize
   log.info("adapters_from %s: rank %d on %d projections", source, config.rank,
            sum(k[-1].endswith("_lora_a") for k in arrays))  # fmt: skip
   return dataclasses.replace(ft, lora=config), arrays
+
+
+def _sparsity(ft, task, trainable, workdir, result, params) -> float:
+  """Writes sparsity.json (the share of zeros of every pruned kernel of the best checkpoint)
+  and returns the total."""
+  best = frozen_base.restore_params(workdir.best, trainable, lambda meta: params)
+  with trainable.context():
+    boxed = jax.eval_shape(trainable.init_params, jax.random.PRNGKey(0))
+  kernels = pruning.targets(ft.prune, boxed, task.layout.is_head, optim.parameter_role)
+  report = pruning.report(best[0] if best is not None else params, list(kernels))
+  if jax.process_index() == 0:
+    (workdir.path / "sparsity.json").write_text(json.dumps(report, indent=1) + "\n")
+  log.info("sparsity %.4f over %d pruned weights (per kernel: %s)", report["total"],
+           report["parameters"], workdir.path / "sparsity.json")  # fmt: skip
+  return report["total"]
 
 
 def _final_evaluation(task, trainable, workdir, result, in_loop, dev) -> dict:

@@ -236,6 +236,23 @@ class Task:
     """Per-row predictions (device arrays), for `score` and `outputs`."""
     raise NotImplementedError
 
+  # Distillation (flaxlm/finetuning/distill.py) reads a task whose loss is a cross-entropy over
+  # its head's classes as `forward` then `loss_from_logits`, and matches the student's class
+  # distributions to the teacher's at the positions `soft_target_weights` weighs.
+  def distillable(self) -> bool:
+    return False
+
+  def forward(self, model, params, batch, rng, deterministic: bool):
+    """The head's logits: (B, C) for a sequence, (B, T, C) for tokens."""
+    raise NotImplementedError
+
+  def loss_from_logits(self, logits, batch, loss_config) -> dict:
+    raise NotImplementedError
+
+  def soft_target_weights(self, batch):
+    """The weight of each position of `forward`'s logits (without the class axis)."""
+    raise NotImplementedError
+
   # --- results ----------------------------------------------------------------------------
   def score(self, predictions: dict, records: list[dict]) -> dict:
     """Metrics (without the eval_ prefix) from the predictions of `records`, by library."""

@@ -230,10 +230,22 @@ class Classification(Task):
       from flaxlm.objectives.text_to_text import seq2seq
 
       return seq2seq(model, params, batch, rng, deterministic, loss_config)
-    logits = model.apply(
+    logits = self.forward(model, params, batch, rng, deterministic)
+    return self.loss_from_logits(logits, batch, loss_config)
+
+  def distillable(self) -> bool:
+    return not self.text_to_text and self.config.problem == "single_label"
+
+  def forward(self, model, params, batch, rng, deterministic):
+    return model.apply(
       {"params": params}, batch, deterministic=deterministic,
       rngs=None if deterministic else {"dropout": rng},
     )  # fmt: skip
+
+  def soft_target_weights(self, batch):
+    return batch["example_weight"]
+
+  def loss_from_logits(self, logits, batch, loss_config) -> dict:
     w = batch["example_weight"]
     problem = self.config.problem
     if problem == "regression":

@@ -139,12 +139,25 @@ class TokenClassification(Task):
     )
 
   def loss(self, model, params, batch, rng, deterministic, loss_config):
-    logits = model.apply(
+    logits = self.forward(model, params, batch, rng, deterministic)
+    return self.loss_from_logits(logits, batch, loss_config)
+
+  def distillable(self) -> bool:
+    return True
+
+  def forward(self, model, params, batch, rng, deterministic):
+    return model.apply(
       {"params": params}, batch, deterministic=deterministic,
       rngs=None if deterministic else {"dropout": rng},
     )  # fmt: skip
+
+  def soft_target_weights(self, batch):
+    """A word's first sub-word: where its tag is learned and predicted."""
+    return (batch["labels"] >= 0) * batch["example_weight"][:, None]
+
+  def loss_from_logits(self, logits, batch, loss_config) -> dict:
     labels = batch["labels"]
-    weights = (labels >= 0) * batch["example_weight"][:, None]
+    weights = self.soft_target_weights(batch)
     return losses.cross_entropy(
       logits, jnp.maximum(labels, 0), weights, loss_config.label_smoothing
     )

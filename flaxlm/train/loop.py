@@ -117,7 +117,7 @@ class BestTracker:
 
   def update(self, step: int, metrics: dict) -> bool:
     """Records an evaluation; True when it is the best so far."""
-    if not self.config.metric:
+    if not self.config.metric or step < self.config.start_step:
       return False
     if self.config.metric not in metrics:
       raise KeyError(

@@ -159,11 +159,17 @@ class Trainable:
 
   @classmethod
   def with_adamw(cls, model, optim_config: optim.OptimConfig, mesh, rules, loss, step_config,
-                 init_params, frozen=None, saves_frozen=True) -> Trainable:  # fmt: skip
-    """A Trainable with flaxlm's AdamW (weight decay by parameter role) and schedule."""
+                 init_params, frozen=None, saves_frozen=True, last=None) -> Trainable:  # fmt: skip
+    """A Trainable with flaxlm's AdamW (weight decay by parameter role) and schedule; `last`
+    (boxed trainable parameters -> a transformation) ends the chain (pruning's masks)."""
+
+    def optimizer(boxed):
+      adamw = optim.make_optimizer(optim_config, boxed)
+      return optax.chain(adamw, last(boxed)) if last else adamw
+
     return cls(
       model=model,
-      optimizer=lambda boxed: optim.make_optimizer(optim_config, boxed),
+      optimizer=optimizer,
       schedule=optim.schedule(optim_config),
       mesh=mesh,
       rules=rules,

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from conftest import Finished
-from samples import by_step, files, max_difference, pairs, rows
+from samples import by_step, files, good_bad_data, max_difference, padding_free_bert, pairs, rows
 
 pytestmark = pytest.mark.slow
 
@@ -30,21 +30,6 @@ def get_config():
 """
 
 
-# A small BERT from scratch, classifying padding-free (a step's examples share rows).
-PADDING_FREE_CONFIG = """
-from flaxlm.config.finetuning import finetune_config, task_block, with_model_preset
-
-def get_config():
-  c = finetune_config()
-  with_model_preset(c, "bert", "bert_tiny")
-  c.model.update(num_layers=1, embed_dim=32, num_heads=2, mlp_dim=64, max_len=64)
-  c.tokenizer.update(kind="wordpiece", vocab_size=200, special_tokens="bert", lowercase=True)
-  c.task = task_block("classification")
-  c.task.update(max_len=32, padding_free=True)
-  return c
-"""
-
-
 def lstm_args(tmp, task: str = "") -> list[str]:
   config = "--config=configs/finetune_sst2_lstm.py"
   if task:
@@ -55,21 +40,13 @@ def lstm_args(tmp, task: str = "") -> list[str]:
 
 def task_args(tmp, task: str) -> list[str]:
   """A tiny model and generated data for each task kind."""
-  if task in ("classification", "padding_free", "lora"):
-    bert = ["--config=" + files(tmp, "padding_free.py", PADDING_FREE_CONFIG)]
-    model = bert if task in ("padding_free", "lora") else lstm_args(tmp)
+  if task == "classification":
+    return [*lstm_args(tmp), *good_bad_data(tmp)]
+  if task in ("padding_free", "lora"):
+    args = padding_free_bert(tmp)
     if task == "lora":  # QLoRA: the BERT frozen in int8, adapters on q and v, the head trained
-      model += ["--config.lora.rank=4", "--config.lora.alpha=8", "--config.lora.quantize_base=int8"]
-    text = "label\ttext\n" + "".join(
-      f"{i % 2}\t{'good' if i % 2 else 'bad'} film {i}\n" for i in range(64)
-    )
-    data = "tsv:" + files(tmp, "c.tsv", text)
-    return [
-      *model,
-      f"--config.train_data={data}",
-      f"--config.eval_data={data}",
-      "--config.columns.text=text",
-    ]
+      args += ["--config.lora.rank=4", "--config.lora.alpha=8", "--config.lora.quantize_base=int8"]
+    return args
   lstm = lstm_args(tmp, task)
   if task == "token_classification":
     text = "".join(f"Anna{i} B-PER\nsaw O\nBerlin B-LOC\n\n" for i in range(64))
