@@ -60,6 +60,10 @@ class DistillConfig:
   # > 0: the student is the teacher with this many blocks, from its layers k-1, 2k-1, ...
   # (k = teacher layers / student_layers); 0: the run's own init_from or fresh model.
   student_layers: int = 0
+  # > 0: adds this weight x the mean squared difference between each student block's output
+  # and the teacher block it maps to (k-1, 2k-1, ...), over real tokens (TinyBERT's hidden
+  # state transfer); needs equal widths and unscanned blocks.
+  hidden_weight: float = 0.0
 
   def __post_init__(self):
     if self.temperature <= 0:
@@ -68,6 +72,8 @@ class DistillConfig:
       raise ConfigError(f"distill.alpha={self.alpha} must be in [0, 1] (the soft term's weight)")
     if self.student_layers < 0:
       raise ConfigError(f"distill.student_layers={self.student_layers}; use 0 or a block count")
+    if self.hidden_weight < 0:
+      raise ConfigError(f"distill.hidden_weight={self.hidden_weight}; use 0 (off) or a weight")
     if self.student_layers and not self.teacher:
       raise ConfigError("distill.student_layers takes a teacher's blocks: set distill.teacher")
 

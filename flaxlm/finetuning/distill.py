@@ -37,7 +37,7 @@ from flaxlm.errors import ConfigError
 TEACHER = "teacher"  # the teacher's top-level key in the train state's parameters
 
 
-def check_pair(task, tokenizer, labels, teacher) -> None:
+def check_pair(task, tokenizer, labels, teacher, c: DistillConfig | None = None) -> None:
   """The student reads the teacher's inputs and predicts its classes, or a one-line error."""
   if not task.distillable():
     raise ConfigError(
@@ -49,6 +49,17 @@ def check_pair(task, tokenizer, labels, teacher) -> None:
       f"the teacher ({teacher.task.name}, labels {teacher.task.labels}) and the student "
       f"({task.name}, labels {labels}) must share task and labels"
     )
+  if c is not None and c.hidden_weight:
+    s, t = task.model_config, teacher.model_config
+    if getattr(s, "embed_dim", None) != getattr(t, "embed_dim", 0) or t.num_layers % s.num_layers:
+      raise ConfigError(
+        "distill.hidden_weight matches block outputs: the student needs the teacher's width "
+        f"and a depth dividing its {t.num_layers} blocks; set distill.hidden_weight=0"
+      )
+    if getattr(s, "scan_layers", False) or getattr(t, "scan_layers", False):
+      raise ConfigError(
+        "distill.hidden_weight reads each block's output: set model.scan_layers=False"
+      )
   if teacher.tokenizer.to_json() != tokenizer.to_json():
     raise ConfigError(
       "the teacher and the student tokenize differently; give the student the teacher's "
@@ -109,6 +120,33 @@ class PairInit:
     return {**self.student(rng), TEACHER: self.teacher(rng)}
 
 
+def _is_block(module, method: str) -> bool:
+  """capture_intermediates' filter: the output of every transformer block ('layers_{i}')."""
+  return method == "__call__" and re.fullmatch(r"layers_\d+", module.name or "") is not None
+
+
+def block_outputs(intermediates) -> dict[int, jax.Array]:
+  """{block index: its output (B, T, D)} of captured intermediates (a block returns (x, None))."""
+  out = {}
+  for path, value in traverse_util.flatten_dict(intermediates).items():
+    if path[-1] == "__call__" and re.fullmatch(r"layers_\d+", path[-2]):
+      out[int(path[-2].split("_")[1])] = value[0][0]
+  return out
+
+
+def hidden_mse(student: dict, teacher: dict, chosen: list[int], tokens) -> jax.Array:
+  """Mean over the student's blocks of the mean squared difference of block i's output and
+  the teacher's block chosen[i], over the real tokens (`tokens` (B, T) > 0)."""
+  mask = (tokens > 0).astype(jnp.float32)[..., None]
+  count = jnp.maximum(jnp.sum(mask) * student[0].shape[-1], 1.0)
+  errors = [
+    jnp.sum(jnp.square(student[i].astype(jnp.float32) - teacher[t].astype(jnp.float32)) * mask)
+    / count
+    for i, t in enumerate(chosen)
+  ]
+  return sum(errors) / len(errors)
+
+
 def soft_kl(student_logits, teacher_logits, temperature: float) -> jax.Array:
   """KL(teacher || student) of the temperature-softened distributions, per position (..., C)."""
   t = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
@@ -116,23 +154,31 @@ def soft_kl(student_logits, teacher_logits, temperature: float) -> jax.Array:
   return jnp.sum(jnp.exp(t) * (t - s), axis=-1)
 
 
-def loss(task, teacher_model, c: DistillConfig):
+def loss(task, teacher_model, c: DistillConfig, chosen: list[int] | None = None):
   """The train step's loss (steps.Trainable.loss) of a student beside its teacher: the task's
-  loss at evaluation, the distillation loss in training."""
+  loss at evaluation, the distillation loss in training (`chosen`: the teacher block each
+  student block's output is matched to, with distill.hidden_weight)."""
+  capture = _is_block if c.hidden_weight else None
 
   def distill_loss(model, params, batch, rng, deterministic, loss_config):
     student = {k: v for k, v in params.items() if k != TEACHER}
     if deterministic:
       return task.loss(model, student, batch, rng, True, loss_config)
-    logits = task.forward(model, student, batch, rng, False)
+    logits = task.forward(model, student, batch, rng, False, capture)
+    teacher = task.forward(teacher_model, params[TEACHER], batch, None, True, capture)
+    if capture:
+      (logits, s_hidden), (teacher, t_hidden) = logits, teacher
     sums = dict(task.loss_from_logits(logits, batch, loss_config))
-    teacher = task.forward(teacher_model, params[TEACHER], batch, None, True)
     teacher = jax.lax.stop_gradient(teacher).astype(jnp.float32)
     weights = task.soft_target_weights(batch)
     kl = soft_kl(logits.astype(jnp.float32), teacher, c.temperature)
     soft = c.temperature**2 * jnp.sum(kl * weights)
     sums["distill_sum"] = soft
     sums["loss_sum"] = c.alpha * soft + (1.0 - c.alpha) * sums["loss_sum"]
+    if capture:  # per token, scaled to the loss's sum over examples
+      t_hidden = jax.lax.stop_gradient(block_outputs(t_hidden))
+      mse = hidden_mse(block_outputs(s_hidden), t_hidden, chosen, batch["segment_ids"])
+      sums["loss_sum"] = sums["loss_sum"] + c.hidden_weight * mse * sums["weight_sum"]
     return sums
 
   return distill_loss

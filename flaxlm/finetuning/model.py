@@ -59,7 +59,10 @@ def build(task, family: str, model_config, ft: FinetuneConfig, mesh, teacher=Non
   if distilling:  # the teacher frozen beside the student, in the step (finetuning/distill.py)
     teacher_example = teacher.task.init_batch(sharding.data_parallel_size(mesh))
     init = distill.PairInit(init, ModelInit(teacher.trainable.model, tuple(teacher_example)))
-    loss = distill.loss(task, teacher.trainable.model, ft.distill)
+    chosen = None
+    if ft.distill.hidden_weight:  # check_pair made sure the depths divide
+      chosen = distill.chosen_layers(teacher.model_config.num_layers, model_config.num_layers)
+    loss = distill.loss(task, teacher.trainable.model, ft.distill, chosen)
     student_frozen = frozen or (lambda path: False)
     frozen = lambda path: path[0] == distill.TEACHER or student_frozen(path)
   trainable = Trainable.with_adamw(

@@ -173,7 +173,7 @@ def prepare(ft: FinetuneConfig, meta: dict | None, mesh, records=None) -> Prepar
   task.check()
   overrides = {}
   if teacher is not None:
-    distill.check_pair(task, tokenizer, labels, teacher)
+    distill.check_pair(task, tokenizer, labels, teacher, ft.distill)
     if ft.distill.student_layers:
       overrides = distill.student_init(
         teacher.params, teacher.model_config.num_layers, ft.distill.student_layers

@@ -242,9 +242,17 @@ class Task:
   def distillable(self) -> bool:
     return False
 
-  def forward(self, model, params, batch, rng, deterministic: bool):
-    """The head's logits: (B, C) for a sequence, (B, T, C) for tokens."""
-    raise NotImplementedError
+  def forward(self, model, params, batch, rng, deterministic: bool, capture=None):
+    """The head's logits: (B, C) for a sequence, (B, T, C) for tokens; with `capture` (a
+    Flax `capture_intermediates` filter), (logits, the captured intermediates)."""
+    rngs = None if deterministic else {"dropout": rng}
+    if capture is None:
+      return model.apply({"params": params}, batch, deterministic=deterministic, rngs=rngs)
+    logits, state = model.apply(
+      {"params": params}, batch, deterministic=deterministic, rngs=rngs,
+      capture_intermediates=capture, mutable=["intermediates"],
+    )  # fmt: skip
+    return logits, state["intermediates"]
 
   def loss_from_logits(self, logits, batch, loss_config) -> dict:
     raise NotImplementedError

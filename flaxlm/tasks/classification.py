@@ -236,12 +236,6 @@ class Classification(Task):
   def distillable(self) -> bool:
     return not self.text_to_text and self.config.problem == "single_label"
 
-  def forward(self, model, params, batch, rng, deterministic):
-    return model.apply(
-      {"params": params}, batch, deterministic=deterministic,
-      rngs=None if deterministic else {"dropout": rng},
-    )  # fmt: skip
-
   def soft_target_weights(self, batch):
     return batch["example_weight"]
 

@@ -145,12 +145,6 @@ class TokenClassification(Task):
   def distillable(self) -> bool:
     return True
 
-  def forward(self, model, params, batch, rng, deterministic):
-    return model.apply(
-      {"params": params}, batch, deterministic=deterministic,
-      rngs=None if deterministic else {"dropout": rng},
-    )  # fmt: skip
-
   def soft_target_weights(self, batch):
     """A word's first sub-word: where its tag is learned and predicted."""
     return (batch["labels"] >= 0) * batch["example_weight"][:, None]

@@ -23,7 +23,7 @@ class _LinearTask:
 
   name = "classification"
 
-  def forward(self, model, params, batch, rng, deterministic):
+  def forward(self, model, params, batch, rng, deterministic, capture=None):
     return batch["x"] @ params["w"]
 
   def loss_from_logits(self, logits, batch, loss_config):
@@ -53,7 +53,6 @@ def test_distillation_loss_is_temperature_squared_kl_plus_the_hard_loss():
     pass
 
   task = _LinearTask()
-  task.forward = lambda model, params, b, r, d: b["x"] @ params["w"]
   config = DistillConfig(teacher="t", temperature=3.0, alpha=0.7)
   params = {
     "w": jnp.asarray(student_w, jnp.float32),
@@ -75,6 +74,19 @@ def test_distillation_loss_is_temperature_squared_kl_plus_the_hard_loss():
   # Evaluation scores the student alone, with the task's own loss.
   eval_sums = distill.loss(task, Teacher(), config)(None, params, batch, None, True, None)
   np.testing.assert_allclose(float(eval_sums["loss_sum"]), hard, rtol=1e-5)
+
+
+def test_hidden_state_transfer_is_the_token_mean_squared_difference_of_matched_blocks():
+  rng = np.random.default_rng(0)
+  student = {i: jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32) for i in range(2)}
+  teacher = {i: jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32) for i in range(6)}
+  tokens = np.array([[1, 1, 0], [2, 0, 0]])  # 3 real tokens
+  want = np.mean([
+    ((np.asarray(student[i]) - np.asarray(teacher[t])) ** 2).sum(-1)[tokens > 0].sum() / (3 * 4)
+    for i, t in enumerate([2, 5])
+  ])  # fmt: skip
+  got = distill.hidden_mse(student, teacher, [2, 5], tokens)
+  np.testing.assert_allclose(float(got), want, rtol=1e-6)
 
 
 def test_student_layers_are_every_kth_block_of_the_teacher():
@@ -122,7 +134,8 @@ def test_distilled_student_trains_beside_a_frozen_teacher_on_one_device_and_a_me
   done = scripts.run("finetune.py", f"--workdir={teacher}", *args, tiny=False)
   assert done.returncode == 0, done.stderr[-3000:]
   student_args = [*args, f"--config.distill.teacher={teacher}", "--config.distill.student_layers=1",
-                  "--config.distill.temperature=2", "--config.distill.alpha=0.5"]  # fmt: skip
+                  "--config.distill.temperature=2", "--config.distill.alpha=0.5",
+                  "--config.distill.hidden_weight=1"]  # fmt: skip
   one, mesh = tmp_path / "one", tmp_path / "mesh"
   jobs = {
     "one": ("finetune.py", [f"--workdir={one}", *student_args], {"tiny": False}),
