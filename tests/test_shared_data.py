@@ -1,6 +1,7 @@
 """Every shipped config that reads ../shared/data runs a few steps on its real files
 (as shipped: its tokenizer, data readers and column mapping; a smaller model and fewer
-steps so the sweep fits CI). Configs that start from a pretraining run get a tiny one."""
+steps so the sweep fits CI). Configs that start from a pretraining run get a tiny one; those
+that distill from a fine-tuned teacher, a few-step run of the teacher's config."""
 
 import importlib.util
 
@@ -67,9 +68,17 @@ def pretrained(scripts, tmp_path_factory) -> dict:
   return workdirs
 
 
-def finetuning_args(path, pretrained: dict, workdir) -> list[str] | None:
-  """finetune.py's arguments for a config (None: its Hugging Face package is not installed)."""
+def finetuning_args(path, pretrained: dict, workdir, teachers=None) -> list[str] | None:
+  """finetune.py's arguments for a config (None: its Hugging Face package is not installed,
+  or its teacher's is)."""
   c = load(path)
+  if c.distill.teacher:
+    if (teachers or {}).get(c.distill.teacher) is None:
+      return None
+    args = [f"--config=configs/{path.name}", f"--workdir={workdir}", *SMALL,
+            "--config.max_train_examples=256", "--config.max_eval_examples=64",
+            f"--config.distill.teacher={teachers[c.distill.teacher]}"]  # fmt: skip
+    return args
   args = [f"--config=configs/{path.name}", f"--workdir={workdir}", *SMALL,
           "--config.num_epochs=0", "--config.max_train_examples=256", "--config.max_eval_examples=64"]  # fmt: skip
   if c.init_from.startswith("hf:"):  # the real checkpoint, when its package is installed
@@ -90,11 +99,33 @@ def finetuning_args(path, pretrained: dict, workdir) -> list[str] | None:
 
 
 @pytest.fixture(scope="module")
-def finetuning_runs(scripts, pretrained, tmp_path_factory) -> dict:
+def teachers(scripts, pretrained, tmp_path_factory) -> dict:
+  """distill.teacher -> a few-step run of the config its teacher_command names (None where
+  that config's Hugging Face package is not installed)."""
+  base, jobs, workdirs = tmp_path_factory.mktemp("teachers"), {}, {}
+  for path in FINETUNING:
+    c = load(path)
+    if not c.distill.teacher or c.distill.teacher in workdirs:
+      continue
+    config = next(a for a in c.distill.teacher_command.split() if a.startswith("--config="))
+    teacher = config.split("/")[-1].removesuffix(".py")
+    workdirs[c.distill.teacher] = base / teacher
+    args = finetuning_args(CONFIGS[0].parent / f"{teacher}.py", pretrained, base / teacher)
+    if args is None:
+      workdirs[c.distill.teacher] = None
+      continue
+    jobs[teacher] = ("finetune.py", args, {"tiny": False, "devices": None})
+  for proc in scripts.run_all(jobs, base).values():
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdirs
+
+
+@pytest.fixture(scope="module")
+def finetuning_runs(scripts, pretrained, teachers, tmp_path_factory) -> dict:
   """config stem -> the finished few-step run of every fine-tuning config, two at a time."""
   base, jobs = tmp_path_factory.mktemp("shared_finetuning"), {}
   for path in FINETUNING:
-    args = finetuning_args(path, pretrained, base / path.stem)
+    args = finetuning_args(path, pretrained, base / path.stem, teachers)
     if args is not None:
       jobs[path.stem] = ("finetune.py", args, {"tiny": False, "devices": None})
   return scripts.run_all(jobs, base)
@@ -103,7 +134,10 @@ def finetuning_runs(scripts, pretrained, tmp_path_factory) -> dict:
 @pytest.mark.parametrize("path", FINETUNING, ids=lambda p: p.stem)
 def test_finetuning_config_runs_on_its_shared_data(path, finetuning_runs):
   if path.stem not in finetuning_runs:
-    pytest.skip(f"{path.stem} imports a Hugging Face checkpoint whose package is not installed")
+    pytest.skip(
+      f"{path.stem} imports a Hugging Face checkpoint (or distills a teacher that does) whose "
+      "package is not installed"
+    )
   proc = finetuning_runs[path.stem]
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert '"eval_num_examples": 64' in proc.stdout.strip().splitlines()[-1]
