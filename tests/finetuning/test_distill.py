@@ -194,6 +194,13 @@ def test_distilled_student_trains_beside_a_frozen_teacher_on_one_device_and_a_me
   assert out.returncode == 0, out.stderr[-3000:]
   config = json.loads((tmp_path / "hf" / "config.json").read_text())
   assert config["num_hidden_layers"] == 1
+  # bench/compressed_models.py reads both workdirs: the student is the smaller of the two.
+  out = scripts.run("bench/compressed_models.py", f"--eval_data={data}", "--rounds=1",
+                    str(teacher), str(one), tiny=False)  # fmt: skip
+  assert out.returncode == 0, out.stderr[-3000:]
+  models = json.loads(out.stdout.strip().splitlines()[-1])["models"]
+  assert models[str(one)]["parameters"] < models[str(teacher)]["parameters"]
+  assert all(m["examples_per_s"] > 0 and 0 <= m["eval_accuracy"] <= 1 for m in models.values())
 
 
 def _config_of(tmp_path, teacher):
