@@ -54,9 +54,8 @@ class DistillConfig:
   teacher: str = ""  # a fine-tuned workdir of the same task; '' = no distillation
   teacher_command: str = ""  # the command that creates it (printed when it is missing)
   temperature: float = 2.0  # T: softens both distributions; the soft term is scaled by T^2
-  alpha: float = (
-    0.5  # the soft term's weight; 1 - alpha the task loss's (0: no teacher in the step)
-  )
+  # The soft term's weight; 1 - alpha the task loss's (0: no teacher in the step).
+  alpha: float = 0.5
   # > 0: the student is the teacher with this many blocks, from its layers k-1, 2k-1, ...
   # (k = teacher layers / student_layers); 0: the run's own init_from or fresh model.
   student_layers: int = 0
@@ -134,7 +133,7 @@ def finetune_config() -> ml_collections.ConfigDict:
   # frozen, only adapters and `modules_to_save` (the task head) train. See flaxlm/nn/lora.py.
   c.lora = ml_collections.ConfigDict(dataclasses.asdict(LoraConfig()))
   # Pruning (method set): masks over the backbone's weight matrices, tightened on a schedule
-  # while the model fine-tunes. See flaxlm/train/pruning.py.
+  # while the model fine-tunes. See flaxlm/nn/pruning.py.
   c.prune = ml_collections.ConfigDict(dataclasses.asdict(PruneConfig()))
   # Distillation (teacher set): the student fine-tunes against a fine-tuned teacher's class
   # distributions. See flaxlm/finetuning/distill.py.

@@ -13,7 +13,7 @@ from flaxlm.finetuning import distill
 from flaxlm.models import registry
 from flaxlm.nn import lora, pruning, sharding
 from flaxlm.nn.lora import LoraConfig
-from flaxlm.train import optim, validation
+from flaxlm.train import validation
 from flaxlm.train.steps import ModelInit, Trainable
 
 
@@ -50,9 +50,9 @@ def build(task, family: str, model_config, ft: FinetuneConfig, mesh, teacher=Non
     model = lora.with_adapters(model, ft.lora, shapes, lambda path: not frozen(path))
   prune = ft.prune.resolved(ft.num_train_steps)
   masks = None
-  if prune.method:  # the last link of the optimizer chain holds the masks (train/pruning.py)
+  if prune.method:  # the last link of the optimizer chain holds the masks (nn/pruning.py)
     masks = lambda boxed: pruning.prune_updates(
-      prune, pruning.targets(prune, boxed, task.layout.is_head, optim.parameter_role)
+      prune, pruning.targets(prune, boxed, task.layout.is_head)
     )
   init, loss = ModelInit(model, tuple(example)), task.loss
   distilling = teacher is not None and ft.distill.in_step

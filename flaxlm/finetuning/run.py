@@ -11,6 +11,7 @@ and column mapping come from the checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ from flaxlm.models import registry
 from flaxlm.nn import pruning, sharding
 from flaxlm.pretraining import transfer
 from flaxlm.tasks import task_class
-from flaxlm.train import loop, optim, reporting, validation
+from flaxlm.train import loop, reporting, validation
 from flaxlm.train.checkpoint import Checkpointer
 from flaxlm.workdir import Workdir, WorkdirLock
 
@@ -235,9 +236,11 @@ def train(
     initial_state = lambda: trainable.init_state(ft.seed, overrides)
     base = None
     # LoRA, distillation: checkpoints name the frozen base / teacher instead (frozen_base)
+    base_key, source = (
+      ("teacher", ft.distill.teacher) if ft.distill.in_step else ("base", ft.init_from)
+    )
     if not trainable.saves_frozen:
       first = initial_state()
-      source = ft.distill.teacher if ft.distill.in_step else ft.init_from
       base = frozen_base.record(trainable, first.params, source, ft.seed)
       if restored:
         restored = frozen_base.completed(trainable, restored, first.params, base)
@@ -246,7 +249,6 @@ def train(
     dev = evaluation.eval_set(task, dev_records, ft.eval_batch_size, max_width)
     in_loop = evaluation.Remembered(task, trainable, dev)
     ft_json = config_json or {}
-    base_key = "teacher" if ft.distill.in_step else "base"
     job_meta = _meta(task, tokenizer, family, model_config, ft, ft_json) | {base_key: base}
     mean_tokens = float(np.mean([task.tokens_per_example(e) for e in examples]))
     dp = sharding.data_parallel_size(mesh)
@@ -270,10 +272,13 @@ def train(
   if result.interrupted:
     return out
   params = result.state.params
-  final = _final_evaluation(task, trainable, workdir, result, in_loop, dev)
+  best = functools.cache(lambda: _best_params(trainable, workdir, result))  # read once, if at all
+  final = in_loop.last if in_loop.scored_final(result) else None
+  if final is None:  # a fresh pass over the best params
+    final = evaluation.evaluate(task, trainable, best(), dev, generate=True)
   name = "dev" if records else reporting.data_name(ft.eval_data or ft.train_data)
   if ft.prune.method:  # the zeros the best checkpoint holds, per kernel
-    final = final | {"sparsity": _sparsity(ft, task, trainable, workdir, result, params)}
+    final = final | {"sparsity": _sparsity(workdir, best(), result.state.opt_state)}
   reporting.write_eval_report(workdir, name, final, task.labels)
   if jax.process_index() == 0:
     reporting.plot_learning_curve(workdir, task.metric_for(task.config))
@@ -342,14 +347,10 @@ def _peft_adapters(ft: FinetuneConfig, task, family: str, model_config, tokenize
   return dataclasses.replace(ft, lora=config), arrays
 
 
-def _sparsity(ft, task, trainable, workdir, result, params) -> float:
-  """Writes sparsity.json (the share of zeros of every pruned kernel of the best checkpoint)
-  and returns the total."""
-  best = frozen_base.restore_params(workdir.best, trainable, lambda meta: params)
-  with trainable.context():
-    boxed = jax.eval_shape(trainable.init_params, jax.random.PRNGKey(0))
-  kernels = pruning.targets(ft.prune, boxed, task.layout.is_head, optim.parameter_role)
-  report = pruning.report(best[0] if best is not None else params, list(kernels))
+def _sparsity(workdir, params, opt_state) -> float:
+  """Writes sparsity.json (the share of zeros of every kernel `opt_state` masks, in the best
+  checkpoint's `params`) and returns the total."""
+  report = pruning.report(params, pruning.pruned_paths(opt_state))
   if jax.process_index() == 0:
     (workdir.path / "sparsity.json").write_text(json.dumps(report, indent=1) + "\n")
   log.info("sparsity %.4f over %d pruned weights (per kernel: %s)", report["total"],
@@ -357,11 +358,10 @@ def _sparsity(ft, task, trainable, workdir, result, params) -> float:
   return report["total"]
 
 
-def _final_evaluation(task, trainable, workdir, result, in_loop, dev) -> dict:
-  """The best checkpoint's dev metrics: the last in-loop evaluation when it scored the
-  params the run ends with (text included), else a fresh pass over the best params."""
-  if in_loop.scored_final(result):
-    return in_loop.last
+def _best_params(trainable, workdir, result):
+  """The best checkpoint's parameters: the run's last ones when it is the last step (or no
+  best checkpoint is kept), else read back from best/."""
+  if result.best is None or result.best.get("step") == result.step:
+    return result.state.params
   best = frozen_base.restore_params(workdir.best, trainable, lambda meta: result.state.params)
-  params = best[0] if best is not None else result.state.params
-  return evaluation.evaluate(task, trainable, params, dev, generate=True)
+  return best[0] if best is not None else result.state.params

@@ -24,6 +24,7 @@ import dataclasses
 import re
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +32,7 @@ import optax
 from flax import traverse_util
 
 from flaxlm.errors import ConfigError
+from flaxlm.nn import sharding
 
 METHODS = ("", "magnitude", "global_magnitude", "n_m")
 Path = tuple[str, ...]
@@ -131,17 +133,17 @@ class Kernel:
     return stack.reshape(stack.shape[0], fan_in, -1)
 
 
-def targets(c: PruneConfig, boxed_params, is_head, parameter_role) -> dict[Path, Kernel]:
+def targets(c: PruneConfig, boxed_params, is_head) -> dict[Path, Kernel]:
   """{path: Kernel} of the kernels `c` prunes, read from the (abstract) boxed parameters:
-  their logical axis names give each one's role (`parameter_role(names, ndim)`, optim's:
-  'weight' for a weight matrix) and layout."""
-  box = lambda x: hasattr(x, "names") and hasattr(x, "value")
+  their logical axis names give each one's role (`sharding.parameter_role`, what weight
+  decay reads too: 'weight' for a weight matrix) and layout."""
+  box = lambda x: isinstance(x, nn.meta.AxisMetadata)
   found = {}
   flat = traverse_util.flatten_dict(boxed_params, is_leaf=lambda _, x: box(x))
   for p, leaf in flat.items():
     names = tuple(leaf.names) if box(leaf) else None
     shape = leaf.value.shape if box(leaf) else leaf.shape
-    if parameter_role(names, len(shape)) != "weight":
+    if sharding.parameter_role(names, len(shape)) != "weight":
       continue
     if c.targets and not re.fullmatch(c.targets, "/".join(p)):
       continue
@@ -269,6 +271,13 @@ def prune_updates(c: PruneConfig, layouts: dict[Path, Kernel]) -> optax.Gradient
 
 
 # --- what a run reports -----------------------------------------------------------------------
+
+
+def pruned_paths(opt_state) -> list[Path]:
+  """The kernels an optimizer state's `prune_updates` link masks (its masks' paths)."""
+  is_state = lambda x: isinstance(x, PruneState)
+  states = [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
+  return [p for s in states for p in traverse_util.flatten_dict(s.masks)]
 
 
 def report(params, paths: list[Path]) -> dict:

@@ -146,3 +146,21 @@ def to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
     rows = process_rows(sharding, value.shape)
     out[key] = jax.make_array_from_process_local_data(sharding, value[rows], value.shape)
   return out
+
+
+# Axes a lookup table is indexed by (its first axis); axes that only biases have.
+LOOKUP_AXES = ("vocab", "char_vocab", "max_len", "num_types", "relpos_buckets")
+BIAS_ONLY_AXES = ("heads", "kv_heads", "head_dim")
+
+
+def parameter_role(names: tuple | None, ndim: int) -> str:
+  """'embedding', 'weight' or 'bias' (biases and norm scales), from a parameter's logical
+  axis names (the scanned 'layers' axis aside); unannotated parameters go by rank."""
+  if names is None:
+    return "weight" if ndim >= 2 else "bias"
+  axes = tuple(a for a in names if a != "layers")
+  if len(axes) >= 2 and axes[0] in LOOKUP_AXES:
+    return "embedding"
+  if len(axes) >= 2 and not all(a in BIAS_ONLY_AXES for a in axes):
+    return "weight"  # a kernel: maps between feature spaces (q/k/v biases are heads x head_dim)
+  return "bias"

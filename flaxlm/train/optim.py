@@ -39,24 +39,6 @@ def schedule(c: OptimConfig) -> optax.Schedule:
   return optax.join_schedules([warmup, decay], [c.warmup_steps])
 
 
-# Axes a lookup table is indexed by (its first axis); axes that only biases have.
-LOOKUP_AXES = ("vocab", "char_vocab", "max_len", "num_types", "relpos_buckets")
-BIAS_ONLY_AXES = ("heads", "kv_heads", "head_dim")
-
-
-def parameter_role(names: tuple | None, ndim: int) -> str:
-  """'embedding', 'weight' or 'bias' (biases and norm scales), from a parameter's logical
-  axis names (the scanned 'layers' axis aside); unannotated parameters go by rank."""
-  if names is None:
-    return "weight" if ndim >= 2 else "bias"
-  axes = tuple(a for a in names if a != "layers")
-  if len(axes) >= 2 and axes[0] in LOOKUP_AXES:
-    return "embedding"
-  if len(axes) >= 2 and not all(a in BIAS_ONLY_AXES for a in axes):
-    return "weight"  # a kernel: maps between feature spaces (q/k/v biases are heads x head_dim)
-  return "bias"
-
-
 def _is_box(x) -> bool:
   return isinstance(x, nn.meta.AxisMetadata)
 
@@ -66,8 +48,8 @@ def roles(boxed_params) -> dict:
 
   def role(leaf):
     if isinstance(leaf, nn.LogicallyPartitioned | nn.Partitioned):
-      return parameter_role(tuple(leaf.names), len(leaf.value.shape))
-    return parameter_role(None, len(leaf.shape))
+      return sharding.parameter_role(tuple(leaf.names), len(leaf.value.shape))
+    return sharding.parameter_role(None, len(leaf.shape))
 
   return jax.tree.map(role, boxed_params, is_leaf=_is_box)
 

@@ -16,7 +16,6 @@ from samples import SIX_STEPS, padding_free_bert
 from flaxlm.errors import ConfigError
 from flaxlm.nn import pruning
 from flaxlm.nn.pruning import Kernel, PruneConfig
-from flaxlm.train.optim import parameter_role
 
 
 def test_n_m_masks_keep_exactly_n_of_every_m_inputs():
@@ -89,9 +88,7 @@ def _kernels(workdir, exported=None) -> dict:
   model = finetuned.load(workdir)
   flat = traverse_util.flatten_dict(jax.device_get(model.params))
   boxed = jax.eval_shape(model.trainable.init_params, jax.random.PRNGKey(0))
-  paths = pruning.targets(
-    PruneConfig(method="global_magnitude"), boxed, model.task.layout.is_head, parameter_role
-  )
+  paths = pruning.targets(PruneConfig(method="global_magnitude"), boxed, model.task.layout.is_head)
   return {p: np.asarray(flat[p]) for p in paths}
 
 
