@@ -18,7 +18,9 @@ generate.py use the same functions):
 Modules: models (GPT, Bert, EncoderDecoder, BiLSTM, TaskModel), tasks (TASKS), the training
 loop (`flaxlm.train.loop.run`), sampling and sequence-to-sequence decoding; for a model of
 one's own made smaller, pruning masks as the last link of an optax chain (`prune_updates`)
-and the distillation loss of a task beside its teacher (`distillation_loss`).
+and the distillation loss of a task beside its teacher (`distillation_loss`). Looking into a
+model: `attention_maps(flaxlm.explain.load(workdir), text)` and `attribute(...)` (token
+attributions); `hyperparameter_search` runs an Optuna study over any config (flaxlm.search).
 """
 
 from __future__ import annotations
@@ -58,12 +60,15 @@ __all__ = [
   "TaskModel",
   "TrainState",
   "Trainable",
+  "attention_maps",
+  "attribute",
   "default_config",
   "distillation_loss",
   "encode",
   "evaluate",
   "finetune",
   "finetune_config",
+  "hyperparameter_search",
   "load",
   "model_preset",
   "predict",
@@ -84,6 +89,9 @@ _ENGINE = {
   "distillation_loss": ("flaxlm.finetuning.distill", "loss"),
   "Trainable": ("flaxlm.train.steps", "Trainable"),
   "TrainState": ("flaxlm.train.steps", "TrainState"),
+  "attention_maps": ("flaxlm.explain", "attention_maps"),  # (layers, heads, T, S) per kind
+  "attribute": ("flaxlm.explain", "attribute"),  # integrated gradients over the embeddings
+  "hyperparameter_search": ("flaxlm.search", "search"),  # an Optuna study of any config
 }
 
 

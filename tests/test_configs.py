@@ -18,8 +18,10 @@ from flaxlm.pretraining.run import build, run_objective
 from flaxlm.tasks import task_class
 
 CONFIGS = sorted((pathlib.Path(__file__).parent.parent / "configs").glob("*.py"))
-PRETRAINING = [p for p in CONFIGS if not p.stem.startswith("finetune_")]
-FINETUNING = [p for p in CONFIGS if p.stem.startswith("finetune_")]
+# search_*.py: a fine-tuning config for `python -m flaxlm.search`, its space file beside it
+FINETUNING = [p for p in CONFIGS if p.stem.startswith(("finetune_", "search_"))]
+PRETRAINING = [p for p in CONFIGS if p not in FINETUNING]
+SEARCHES = [p for p in CONFIGS if p.stem.startswith("search_")]
 
 
 def load(path):
@@ -155,3 +157,13 @@ def test_every_key_is_defined_once_and_reaches_the_engine_by_name():
   f.train_data, f.early_stopping.patience, f.b2 = "tsv:x.tsv", 3, 0.98
   ft = config_finetune.from_config_dict(f)
   assert (ft.loop.early_stopping.patience, ft.optim.b2, ft.optim.learning_rate) == (3, 0.98, 5e-5)
+
+
+@pytest.mark.parametrize("path", SEARCHES, ids=lambda p: p.stem)
+def test_a_search_config_names_its_command_and_its_space_fits_it(path):
+  from flaxlm.search import space
+
+  spec = path.with_suffix(".json")
+  assert f"python -m flaxlm.search --config=configs/{path.name}" in docstring(path)
+  assert f"--space=configs/{spec.name}" in docstring(path)
+  space.check_against(space.read(str(spec)), load(path))

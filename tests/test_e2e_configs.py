@@ -14,13 +14,12 @@ import pathlib
 import jax
 import numpy as np
 import pytest
-from test_configs import CONFIGS, load
+from test_configs import CONFIGS, PRETRAINING, load
 
 from flaxlm.decode import seq2seq as seq2seq_decoding
 from flaxlm.pretraining.load import load_trained
 
 pytestmark = pytest.mark.slow
-PRETRAINING = [p for p in CONFIGS if not p.stem.startswith("finetune_")]
 RUNS = {p.stem: p for p in PRETRAINING} | {"bert_tiny_nsp": CONFIGS[0].parent / "bert_tiny.py"}
 
 WORDS = "the a dog cat sees runs over under big small red blue house tree river hill".split()

@@ -21,7 +21,10 @@ LAYERS = [
   ("convert", ["convert"]),  # Hugging Face import and export
   ("pretraining", ["pretraining"]),  # job one: run, load, transfer, memory
   ("finetuning", ["finetuning"]),  # job two: run, load, evaluation, k-fold
-  ("entry", ["", "cli", "data.prepare", "convert.__main__"]),
+  ("explain", ["explain"]),  # attention maps and attributions of any workdir's model
+  ("search", ["search"]),  # hyperparameter search: trials are runs of either job
+  ("entry", ["", "cli", "data.prepare", "convert.__main__", "explain.__main__",
+             "search.__main__"]),
 ]  # fmt: skip
 
 

@@ -204,10 +204,12 @@ def train(
   workdir,
   config_json: dict | None = None,
   records: tuple[list[dict], list[dict]] | None = None,
+  after_eval=None,
 ) -> dict:
   """Fine-tunes (resuming from `workdir` if it holds a run), then evaluates the best
   checkpoint on the dev set. Returns its metrics with 'step', 'interrupted', 'best', and the
-  trained 'model'. `records` (train, dev) replace reading the config's data (k-fold)."""
+  trained 'model'. `records` (train, dev) replace reading the config's data (k-fold);
+  `after_eval(step, metrics)` returning True ends the run there ('pruned', no final pass)."""
   workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
   check(ft, workdir)
   lock = WorkdirLock(workdir)
@@ -262,15 +264,17 @@ def train(
       initial_state=initial_state,
       tokens_per_step=int(ft.batch_size * mean_tokens) if task.reports_tokens else 0,
       examples_per_step=ft.batch_size * task.group,  # a packed row holds task.group examples
+      after_eval=after_eval,
     )
     reporting.log_task_model(trainable, family, len(examples), len(dev_records))
     result = loop.run(job, ft.loop, workdir, ckpt, restored)
   finally:
     ckpt.close()
     lock.release()
-  out = {"step": result.step, "interrupted": result.interrupted, "best": result.best}
-  if result.interrupted:
-    return out
+  out = {"step": result.step, "interrupted": result.interrupted, "best": result.best,
+         "pruned": result.pruned}  # fmt: skip
+  if result.interrupted or result.pruned:
+    return out | {k: v for k, v in result.metrics.items() if k.startswith("eval_")}
   params = result.state.params
   best = functools.cache(lambda: _best_params(trainable, workdir, result))  # read once, if at all
   final = in_loop.last if in_loop.scored_final(result) else None

@@ -142,8 +142,8 @@ class RelativePositionBias(nn.Module):
     return jnp.transpose(bias, (0, 3, 1, 2)).astype(c.compute_dtype)
 
 
-def _embed(c: EncDecConfig, embedder, tokens, positions, deterministic):
-  x = embedder(tokens)
+def _embed(c: EncDecConfig, embedder, tokens, positions, deterministic, probe: str):
+  x = embedder(tokens, probe)
   if c.scale_embeddings:
     x = x * jnp.sqrt(jnp.asarray(c.embed_dim, x.dtype))
   x = c.embed_positions(x, positions)
@@ -165,7 +165,7 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, tokens, segment_ids, positions, deterministic: bool):
     c = self.config
-    x = _embed(c, self.embedder, tokens, positions, deterministic)
+    x = _embed(c, self.embedder, tokens, positions, deterministic, "source")
     relative = c.position == "relative"
     dense = attention.needs_dense(c.attention_impl, c.compute_dtype, bias=relative)
     mask = attention.Masking.build(segment_ids, segment_ids, causal=False, dense=dense)
@@ -188,7 +188,7 @@ class Decoder(nn.Module):
     self, tokens, encoded, encoder_segments, segment_ids, positions, deterministic, decode_len
   ):
     c = self.config
-    x = _embed(c, self.embedder, tokens, positions, deterministic)
+    x = _embed(c, self.embedder, tokens, positions, deterministic, "target")
     # Decoding: the cache supplies causality and the keys sit at cache slots 0..decode_len-1.
     mask = None
     k_positions = positions

@@ -88,7 +88,7 @@ class BiLSTM(nn.Module):
       embedding_init=layers.logical_init(nn.initializers.normal(0.1), ("vocab", "embed")),
       name="embed",
     )
-    x = embed(tokens)
+    x = layers.probe_embeddings(self, embed(tokens))  # attributions read the word embeddings
     if c.char_dim:
       if chars is None:
         raise ConfigError("model.char_dim > 0 needs character ids: use tokenizer.kind='word'")

@@ -238,7 +238,7 @@ def stack_blocks(block_cls, config, num_layers: int, scan: bool, remat_policy: s
   if scan:
     scanned = nn.scan(
       cls,
-      variable_axes={"params": 0, "cache": 0},
+      variable_axes={"params": 0, "cache": 0, layers.MAPS: 0},
       split_rngs={"params": True, "dropout": True},
       in_axes=nn.broadcast,
       length=num_layers,

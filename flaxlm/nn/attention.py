@@ -214,6 +214,30 @@ def einsum_attention(
   return (out / denom.astype(out.dtype)).reshape(b, t, n, h)
 
 
+def probabilities(
+  q: Array,  # (B, T, N, H)
+  k: Array,  # (B, S, K, H)
+  mask: Array | None,  # (B, 1, T, S) bool
+  bias: Array | None,  # (B or 1, N, T, S)
+) -> Array:
+  """softmax(q k^T / sqrt(H) + bias) over the keys, as float32 (B, N, T, S): what the
+  reference kernels weigh the values by, materialized (attention maps read it)."""
+  h, groups = q.shape[-1], q.shape[2] // k.shape[2]
+  k = jnp.repeat(k, groups, axis=2)  # query head j reads kv head j // groups
+  scores = jnp.einsum("BTNH,BSNH->BNTS", q * jnp.asarray(h**-0.5, q.dtype), k).astype(jnp.float32)
+  if bias is not None:
+    scores = scores + bias.astype(jnp.float32)
+  if mask is not None:
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(scores, axis=-1)
+
+
+def weighted_values(probs: Array, v: Array) -> Array:
+  """probs (B, N, T, S), v (B, S, K, H) -> (B, T, N, H)."""
+  v = jnp.repeat(v, probs.shape[1] // v.shape[2], axis=2)
+  return jnp.einsum("BNTS,BSNH->BTNH", probs.astype(v.dtype), v)
+
+
 def structural_dot_product_attention(
   q: Array, k: Array, v: Array, masking: Masking | None, bias, implementation: str | None
 ) -> Array:

@@ -102,6 +102,24 @@ class LearnedPositions(nn.Module):
 # ----------------------------------------------------------------------------- attention
 
 
+# The collection an `apply(..., mutable=[MAPS])` fills with every attention layer's
+# probabilities (B, N, T, S) under 'probs' (flaxlm.explain.attention).
+MAPS = "attention_maps"
+# The token embeddings (B, T, D) a model looks up are recorded in PROBES when that collection
+# is mutable, and shifted by the array of the same name in SHIFTS when one is given: gradients
+# and interpolations over the embeddings without another entry point (flaxlm.explain.attribute).
+PROBES, SHIFTS = "embedding_probes", "embedding_shifts"
+
+
+def probe_embeddings(module: nn.Module, x: Array, name: str = "tokens") -> Array:
+  """`x` (B, T, D) looked up by `module`: recorded, and shifted when asked (see PROBES)."""
+  if not module.is_initializing():  # `init` returns parameters only
+    module.sow(PROBES, name, x)
+  if module.has_variable(SHIFTS, name):
+    x = x + module.get_variable(SHIFTS, name).astype(x.dtype)
+  return x
+
+
 # Logical names of the KV cache, so that it shards like the activations it holds.
 CACHE_AXES = ("cache_batch", "cache_length", "cache_kv_heads", "cache_head_dim")
 
@@ -166,7 +184,15 @@ class Attention(nn.Module):
       k, v, mask = self._update_cache(k, v, mask, positions)
     # `init` (often on a few tokens) only shapes the parameters: any kernel does.
     impl = "auto" if self.is_initializing() else c.attention_impl
-    out = attention.attend(q, k, v, mask, bias, impl, decode=self.decode)
+    if self.is_mutable_collection(MAPS) and not self.is_initializing():
+      # Attention maps asked for (flaxlm.explain): the probabilities are materialized and the
+      # values weighed by them, so the maps are this forward pass's own.
+      dense = mask.dense_mask() if isinstance(mask, attention.Masking) else mask
+      probs = attention.probabilities(q, k, dense, bias)  # (B, N, T, S)
+      self.sow(MAPS, "probs", probs)
+      out = attention.weighted_values(probs, v)
+    else:
+      out = attention.attend(q, k, v, mask, bias, impl, decode=self.decode)
     out = checkpoint_name(out, "context")  # (B, T, N, H)
     out = Projection(  # (B, T, N, H) -> (B, T, D)
       (c.embed_dim,),
@@ -288,8 +314,12 @@ class Embedder(nn.Module):
       (self.vocab_size, self.embed_dim),
     )
 
-  def __call__(self, tokens: Array) -> Array:
-    return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+  def __call__(self, tokens: Array, probe: str = "tokens") -> Array:
+    """(B, T) -> (B, T, D); `probe` names the lookup for PROBES / SHIFTS (an encoder-decoder
+    shares one embedder between its source and target)."""
+    return probe_embeddings(
+      self, jnp.take(self.embedding, tokens, axis=0).astype(self.dtype), probe
+    )
 
   def attend(self, x: Array) -> Array:
     return jnp.einsum("BTD,VD->BTV", x, self.embedding.astype(self.dtype))

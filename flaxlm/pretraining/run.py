@@ -199,8 +199,11 @@ def evaluator(trainable: Trainable, batches: list[dict]):
   return evaluate
 
 
-def train(run: RunConfig, workdir: str | Workdir, config_json: dict | None = None) -> dict:
-  """Trains to `run.num_train_steps`, resuming from `workdir` if it holds a checkpoint.
+def train(
+  run: RunConfig, workdir: str | Workdir, config_json: dict | None = None, after_eval=None
+) -> dict:
+  """Trains to `run.num_train_steps`, resuming from `workdir` if it holds a checkpoint;
+  `after_eval(step, metrics)` returning True ends it there ('pruned').
 
   Returns the last logged metrics with 'step', 'interrupted', and for reports 'state',
   'trainable', 'tokenizer' and 'eval_example' (one held-out example, numpy)."""
@@ -260,6 +263,7 @@ def train(run: RunConfig, workdir: str | Workdir, config_json: dict | None = Non
       ),
       tokens_per_step=run.batch_size * (run.data.seq_len + objective.target_len),
       flops_per_token=flops,
+      after_eval=after_eval,
     )
     result = loop.run(job, run.loop, workdir, ckpt, restored)
   finally:
@@ -268,6 +272,7 @@ def train(run: RunConfig, workdir: str | Workdir, config_json: dict | None = Non
   return {
     "step": result.step,
     "interrupted": result.interrupted,
+    "pruned": result.pruned,
     **result.metrics,
     "state": result.state,
     "trainable": trainable,

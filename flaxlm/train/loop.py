@@ -53,6 +53,9 @@ class Job:
   # > 0: dataset items are this host's rows of a global batch of that size (else whole ones)
   global_batch: int = 0
   data_workers: int = 0  # processes making examples (pipeline.iterate)
+  # (step, metrics) after each evaluation -> True to end the run there, saved (a
+  # hyperparameter search pruning its trial: flaxlm.search)
+  after_eval: Callable[[int, dict], bool] | None = None
 
 
 @dataclasses.dataclass
@@ -63,6 +66,7 @@ class Result:
   interrupted: bool  # stopped by a signal (saved; rerun to resume)
   early_stopped: bool
   best: dict | None  # {'metric', 'value', 'step'} of the best checkpoint
+  pruned: bool = False  # ended by `Job.after_eval`
 
 
 class StopSignal:
@@ -178,7 +182,7 @@ def run(
   stop = StopSignal()
   meta_now = lambda step: _checkpoint_meta(job, step, best)
   to_global = functools.partial(_global_batch, job, sharding.batch_sharding(job.trainable.mesh))
-  pending, last, step, early_stopped = [], {}, start, False
+  pending, last, step, early_stopped, pruned = [], {}, start, False, False
   started = time.time()  # wall clock of this process's loop: compile and evals included
   try:
     while step < config.num_train_steps:
@@ -210,12 +214,16 @@ def run(
             params = job.trainable.saved_params(state.params)
             best_ckpt.save(step, {"params": params}, meta_now(step), force=True)
         early_stopped = best.exhausted and not is_last
+        pruned = job.after_eval is not None and job.after_eval(step, last) and not is_last
       writer.write(step, last)
       progress.update(step, last)
-      if do_save or early_stopped:
+      if do_save or early_stopped or pruned:
         with throughput.paused():
           ckpt.save(step, job.trainable.to_checkpoint(state), meta_now(step),
-                    force=is_last or early_stopped)  # fmt: skip
+                    force=is_last or early_stopped or pruned)  # fmt: skip
+      if pruned:
+        log.info("step %d: stopped by the caller after this evaluation (a pruned trial)", step)
+        break
       if early_stopped:
         log.info("early stopping at step %d: %s has not improved for %d evaluations (best "
                  "%.4f at step %d)", step, config.early_stopping.metric, best.evals_since,
@@ -229,7 +237,7 @@ def run(
     if best_ckpt is not None:
       best_ckpt.close()
   best_json = best.to_json() if config.early_stopping.metric else None
-  return Result(step, state, last, stop.received is not None, early_stopped, best_json)
+  return Result(step, state, last, stop.received is not None, early_stopped, best_json, pruned)
 
 
 def _global_batch(job: Job, batch_sharding, batch: dict):

@@ -23,6 +23,7 @@ import time
 
 import jax
 
+from flaxlm.errors import ConfigError
 from flaxlm.workdir import Workdir, is_url
 
 # Dense bf16 peak FLOP/s per device (vendor figures). MFU is reported only where known.
@@ -225,21 +226,37 @@ def _hms(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _pyplot():
+def pyplot(needed_by: str = ""):
+  """matplotlib.pyplot on the Agg backend; None when matplotlib is missing (plots are extras),
+  or, for `needed_by` (a feature whose output is the picture), an error naming the install."""
   try:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
   except ImportError:
+    if needed_by:
+      raise ConfigError(
+        f"{needed_by} draws with matplotlib: pip install 'flaxlm[{needed_by}]'"
+      ) from None
     logging.getLogger("flaxlm").info("plots skipped: pip install 'flaxlm[finetune]' for matplotlib")
     return None
   return plt
 
 
+def save_figure(fig, path, dpi: int = 100) -> tuple[int, int]:
+  """Writes `fig` as a PNG of exactly its size in inches x `dpi` (no tight cropping, so the
+  size is known: returned as (width, height) pixels) and closes it."""
+  width, height = (round(v * dpi) for v in fig.get_size_inches())
+  with open(path, "wb") as f:
+    fig.savefig(f, dpi=dpi)
+  pyplot().close(fig)
+  return width, height
+
+
 def plot_learning_curve(workdir: Workdir, metric: str) -> None:
   """<workdir>/learning_curve.png: training loss by step, and the dev metric beside it."""
-  plt = _pyplot()
+  plt = pyplot()
   rows = {r["step"]: r for r in read_metrics(workdir)}  # a resumed run's repeats: the last
   if plt is None or not rows:
     return
@@ -264,7 +281,7 @@ def plot_learning_curve(workdir: Workdir, metric: str) -> None:
 
 def plot_confusion_matrix(path, matrix: list[list[int]], labels: list[str]) -> None:
   """A confusion matrix (rows: true label, columns: predicted) with the counts written in."""
-  plt = _pyplot()
+  plt = pyplot()
   if plt is None:
     return
   n = len(labels)
