@@ -125,3 +125,23 @@ def test_a_killed_search_resumes_and_runs_exactly_the_missing_trial(tmp_path):
 
   third = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert third.returncode == 0 and "already holds 3 finished trials" in third.stderr
+
+
+@pytest.mark.slow
+def test_a_pretraining_config_is_searched_on_its_eval_loss(tmp_path, tfds_dir):
+  from test_configs import load
+
+  c = load(REPO / "configs" / "gpt_tiny.py")
+  samples.set_keys(c, {
+    "tokenizer.kind": "byte", "model.num_layers": 1, "model.embed_dim": 32,
+    "model.num_heads": 2, "model.mlp_dim": 64, "seq_len": 32, "batch_size": 8,
+    "eval_batch_size": 8, "eval_batches": 1, "sample_tokens": 0, "num_train_steps": 4,
+    "eval_every": 2, "checkpoint_every": 4, "data_dir": tfds_dir,
+  })  # fmt: skip
+  dims = space.read(_space_file(tmp_path, {"learning_rate": {"type": "log_uniform", "low": 1e-4,
+                                                             "high": 1e-2}}))  # fmt: skip
+  cfg = SearchConfig(trials=2, study_dir=str(tmp_path / "study"), startup_trials=1)
+  s = search(Job(c, "pretraining", dims), cfg, "eval_loss", "minimize")
+  values = [t.value for t in s.get_trials() if t.state.name == "COMPLETE"]
+  assert len(values) >= 1 and all(0 < v < 10 for v in values)
+  assert (tmp_path / "study" / "trial_0000" / "checkpoints").exists()
