@@ -45,24 +45,6 @@ _HEARTBEAT = flags.DEFINE_integer("heartbeat", 30, "seconds between a trial's he
 _GRACE = flags.DEFINE_integer(
   "grace_period", 120, "seconds without a heartbeat after which a trial counts as killed."
 )
-# The data keys: when the space leaves them alone, the records are read once for all trials.
-_DATA_KEYS = ("train_data", "eval_data", "val_fraction", "seed", "columns", "max_train_examples")
-
-
-def _job(config, dimensions):
-  from flaxlm.search.study import Job
-
-  if "task" not in config:  # a train.py config
-    return Job(config, "pretraining", dimensions), "train.py", "eval_loss", "minimize"
-  from flaxlm.config.finetuning import from_config_dict
-  from flaxlm.finetuning import inputs
-
-  ft = from_config_dict(config)  # checked before any data is read
-  stop = ft.early_stopping
-  direction = "maximize" if stop.mode == "max" else "minimize"
-  searched = {d.key.split(".")[0] for d in dimensions}
-  records = None if searched & set(_DATA_KEYS) or ft.kfold else inputs.read_records(ft)
-  return Job(config, "finetune", dimensions, records), "finetune.py", stop.metric, direction
 
 
 def main(argv):
@@ -82,7 +64,7 @@ def main(argv):
       _GRACE.value,
     )  # fmt: skip
     study.check(c)
-    job, entry_point, metric, direction = _job(config, dimensions)
+    job, entry_point, metric, direction = study.Job.of(config, dimensions)
     metric, direction = c.metric or metric, c.direction or direction
     try:
       s = study.search(job, c, metric, direction)

@@ -30,6 +30,9 @@ from flaxlm.search import space as spaces
 log = logging.getLogger("flaxlm")
 
 SAMPLERS = ("tpe", "random")
+# Config keys that change what a fine-tuning run reads: when the space leaves them alone, the
+# records are read once for all trials.
+DATA_KEYS = ("train_data", "eval_data", "val_fraction", "seed", "columns", "max_train_examples")
 PRUNERS = ("median", "hyperband", "none")
 
 
@@ -121,6 +124,25 @@ class Job:
   kind: str  # 'finetune' | 'pretraining'
   dimensions: list
   records: object = None  # fine-tuning records read once for every trial (data not searched)
+
+  @classmethod
+  def of(cls, config, dimensions) -> tuple[Job, str, str, str]:
+    """(the job of a finetune.py or train.py config, its entry point, the metric its runs
+    keep their best by, 'maximize' or 'minimize'); a fine-tuning config is checked and its
+    records read here, before any trial."""
+    if "task" not in config:  # a train.py config
+      return cls(config, "pretraining", dimensions), "train.py", "eval_loss", "minimize"
+    from flaxlm.config.finetuning import from_config_dict
+    from flaxlm.finetuning import inputs
+
+    ft = from_config_dict(config)
+    if ft.kfold:
+      raise ConfigError("a search trains each trial once: set --config.kfold=0")
+    stop = ft.early_stopping
+    direction = "maximize" if stop.mode == "max" else "minimize"
+    searched = {d.key.split(".")[0] for d in dimensions}
+    records = None if searched & set(DATA_KEYS) else inputs.read_records(ft)
+    return cls(config, "finetune", dimensions, records), "finetune.py", stop.metric, direction
 
   def run(self, values: dict, workdir: str, after_eval) -> dict:
     from flaxlm.config import dump_config_json
