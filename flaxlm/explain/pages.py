@@ -29,6 +29,7 @@ const DATA = __DATA__;
 const $ = id => document.getElementById(id);
 function options(sel, values) {
   sel.innerHTML = values.map(v => `<option value="${v}">${v}</option>`).join("");
+  sel.value = String(values[0]);
 }
 function draw(focus) {
   const d = DATA[$("kind").value], layer = +$("layer").value, head = $("head").value;
