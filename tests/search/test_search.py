@@ -75,6 +75,22 @@ def test_a_trial_worse_than_the_median_is_pruned_at_its_first_evaluation(tmp_pat
   assert max(steps) == 20
 
 
+@pytest.mark.parametrize("sampler, pruner", [("tpe", "median"), ("random", "hyperband"),
+                                             ("random", "none")])  # fmt: skip
+def test_each_sampler_and_pruner_is_optunas_own(tmp_path, sampler, pruner):
+  import optuna
+
+  c = SearchConfig(trials=1, study_dir=str(tmp_path), sampler=sampler, pruner=pruner, seed=3)
+  s = study.open_study(c, "eval_loss", "minimize")
+  samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+  pruners = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
+             "none": optuna.pruners.NopPruner}  # fmt: skip
+  assert isinstance(s.sampler, samplers[sampler]) and isinstance(s.pruner, pruners[pruner])
+  assert s.direction.name == "MINIMIZE" and (tmp_path / "study.db").exists()
+  with pytest.raises(ConfigError, match="--sampler"):
+    study.check(SearchConfig(trials=1, study_dir=str(tmp_path), sampler="grid"))
+
+
 def _states(db) -> list[str]:
   with sqlite3.connect(db) as con:
     return [s for (s,) in con.execute("SELECT state FROM trials ORDER BY number")]
