@@ -56,7 +56,7 @@ def test_a_bad_space_file_is_named_before_any_trial_runs(tmp_path, content, mess
 
 
 def test_a_trial_worse_than_the_median_is_pruned_at_its_first_evaluation(tmp_path):
-  config = samples.lstm_config(tmp_path, num_train_steps=80, eval_every=20)
+  config = samples.lstm_config(tmp_path, num_train_steps=40, eval_every=10, checkpoint_every=40)
   config.early_stopping.metric = "eval_accuracy"
   dims = space.read(_space_file(tmp_path, {
     "learning_rate": {"type": "log_uniform", "low": 1e-7, "high": 1e-1},
@@ -68,11 +68,11 @@ def test_a_trial_worse_than_the_median_is_pruned_at_its_first_evaluation(tmp_pat
   search(Job(config, "finetune", dims), c, "eval_accuracy", "maximize")
   good, bad = s.get_trials()
   assert good.state.name == "COMPLETE" and good.value > 0.8
-  assert bad.state.name == "PRUNED" and bad.last_step == 20  # of 80
+  assert bad.state.name == "PRUNED" and bad.last_step == 10  # of 40
   steps = [
     json.loads(line)["step"] for line in open(tmp_path / "study" / "trial_0001" / "metrics.jsonl")
   ]
-  assert max(steps) == 20
+  assert max(steps) == 10
 
 
 @pytest.mark.parametrize("sampler, pruner", [("tpe", "median"), ("random", "hyperband"),
