@@ -80,11 +80,12 @@ def attribute(
   target = _target(subject.task, logits, label)
   problem = getattr(subject.task.config, "problem", "single_label")
   score_fn = _score_fn(subject, batch, path, target, position, problem)
-  base = np.zeros_like(x) if baseline == "zeros" else _pad_embeddings(subject, batch, path)
+  base = np.zeros_like(x)  # gradient x input: the gradient at the text alone (alpha 1)
   if method == "gradient_x_input":
     alphas, weights = np.ones(1, np.float32), np.ones(1, np.float32)
-    base = np.zeros_like(x)
   else:
+    if baseline == "pad":
+      base = _pad_embeddings(subject, batch, path)
     nodes, w = np.polynomial.legendre.leggauss(steps)  # on [-1, 1]
     alphas, weights = ((nodes + 1) / 2).astype(np.float32), (w / 2).astype(np.float32)
   grad_sum = np.zeros_like(x)

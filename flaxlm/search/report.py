@@ -20,7 +20,7 @@ def trial_rows(study) -> list[dict]:
   its duration and workdir."""
   rows = []
   for t in study.get_trials(deepcopy=False):
-    duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.duration else None
+    duration = t.duration.total_seconds() if t.duration else None
     rows.append({
       "number": t.number, "state": t.state.name, "value": t.value,
       **{f"params.{k}": v for k, v in t.params.items()},

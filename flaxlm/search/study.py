@@ -110,10 +110,15 @@ def open_study(c: SearchConfig, metric: str, direction: str):
   return study
 
 
-def finished(study) -> int:
+def finished_states() -> tuple:
+  """The trial states `--trials` counts: complete or pruned (not failed, not running)."""
   from optuna.trial import TrialState
 
-  return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+  return (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def finished(study) -> int:
+  return len(study.get_trials(deepcopy=False, states=finished_states()))
 
 
 @dataclasses.dataclass
@@ -206,10 +211,9 @@ def search(job: Job, c: SearchConfig, metric: str, direction: str):
              done, c.trials)  # fmt: skip
     return study
   log.info("study %s: %d of %d trials finished; running the rest", c.study_dir, done, c.trials)
-  states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
   study.optimize(
     objective(job, c, metric),
-    callbacks=[optuna.study.MaxTrialsCallback(c.trials, states=states)],
+    callbacks=[optuna.study.MaxTrialsCallback(c.trials, states=finished_states())],
     gc_after_trial=True,
   )
   return study
