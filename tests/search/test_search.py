@@ -144,7 +144,7 @@ def test_a_killed_search_resumes_and_runs_exactly_the_missing_trial(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_pretraining_config_is_searched_on_its_eval_loss(tmp_path, tfds_dir):
+def test_a_pretraining_config_is_searched_on_its_eval_loss_on_a_sharded_mesh(tmp_path, tfds_dir):
   from test_configs import load
 
   c = load(REPO / "configs" / "gpt_tiny.py")
@@ -153,6 +153,7 @@ def test_a_pretraining_config_is_searched_on_its_eval_loss(tmp_path, tfds_dir):
     "model.num_heads": 2, "model.mlp_dim": 64, "seq_len": 32, "batch_size": 8,
     "eval_batch_size": 8, "eval_batches": 1, "sample_tokens": 0, "num_train_steps": 4,
     "eval_every": 2, "checkpoint_every": 4, "data_dir": tfds_dir,
+    "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2,  # trials on the emulated 2x2x2 mesh
   })  # fmt: skip
   dims = space.read(_space_file(tmp_path, {"learning_rate": {"type": "log_uniform", "low": 1e-4,
                                                              "high": 1e-2}}))  # fmt: skip
